@@ -1,0 +1,178 @@
+"""The `raydl` command line: train, validate, predict, evaluate (and drift, when installed).
+
+Errors a user can fix print one line and exit 2 (no traceback unless --debug). With `--json`,
+stdout carries exactly one JSON object; everything else (Ray's own output included) goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from raydl.errors import RaydlError
+
+SHOWN = ("train_loss", "val_loss", "val_accuracy", "val_f1", "val_r2", "samples_per_sec")
+
+
+class Progress:
+    """An epoch bar with live metrics on a terminal; one plain line per epoch otherwise."""
+
+    def __init__(self, epochs: int, stream=sys.stderr) -> None:
+        self.epochs, self.stream, self.tty = epochs, stream, stream.isatty()
+
+    def __call__(self, m: dict) -> None:
+        e = int(m["epoch"])
+        shown = "  ".join(f"{k}={m[k]:.4g}" for k in SHOWN if k in m)
+        if self.tty:
+            done = int(30 * e / self.epochs)
+            self.stream.write(f"\r\x1b[2Kepoch {e}/{self.epochs} [{'#' * done}{'.' * (30 - done)}] {shown}")
+            if e == self.epochs:
+                self.stream.write("\n")
+        else:
+            self.stream.write(f"epoch {e}/{self.epochs} {shown}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def summary_table(metrics: dict) -> str:
+    rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in metrics.items()]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(w)}  {v}" for k, v in rows)
+
+
+def _json_stdout() -> int:
+    """Point fd 1 (and sys.stdout) at stderr; return a duplicate of the real stdout for the JSON."""
+    sys.stdout.flush()
+    real = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return real
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from raydl.launch import train
+    from raydl.spec import load_spec
+
+    launch_ts = float(os.environ.get("RAYDL_LAUNCH_TS") or time.time())
+    spec = load_spec(args.spec, args.overrides)
+    out_fd = _json_stdout() if args.json else None
+    progress = Progress(spec.training.epochs)
+    result = train(spec, address=args.address, restart=args.restart, on_epoch=progress, launch_ts=launch_ts)
+    progress.close()
+    if out_fd is not None:
+        payload = {"model_dir": str(result.model_dir), "run_name": result.run_name, "metrics": result.metrics}
+        os.write(out_fd, (json.dumps(payload) + "\n").encode())
+    else:
+        print(f"run {result.run_name}: {result.status}; model written to {result.model_dir}")
+        print(summary_table(result.metrics))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from raydl.launch import resolve
+    from raydl.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    prepared = resolve(spec)
+    print(f"{args.spec}: valid ({spec.model.name} on {spec.data.source}: {len(prepared.train)}/{len(prepared.val)}/{len(prepared.test)} rows, "
+          f"{len(prepared.prep.features)} features, {prepared.prep.task})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from raydl.inference import predict
+
+    print(f"predictions written to {predict(args.model_dir, args.data, args.out)}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from raydl.inference import evaluate
+
+    metrics = evaluate(args.model_dir, args.data)
+    print(json.dumps(metrics) if args.json else summary_table(metrics))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raydl", description="Distributed deep-learning training on Ray.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML job spec")
+    t.add_argument("spec")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optimizer.lr=3e-3")
+    t.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    t.add_argument("--restart", action="store_true", help="start the run fresh instead of resuming it")
+    t.add_argument("--json", action="store_true", help="print one JSON object on stdout, everything else on stderr")
+    t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("validate", help="check a job spec and its data without training")
+    v.add_argument("spec")
+    v.add_argument("overrides", nargs="*", metavar="key=value")
+    v.set_defaults(func=cmd_validate)
+
+    pr = sub.add_parser("predict", help="apply a model directory to data")
+    pr.add_argument("model_dir")
+    pr.add_argument("data", help="Parquet/CSV path or URI, or a built-in dataset name")
+    pr.add_argument("--out", required=True, help="output Parquet file")
+    pr.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="print a model's metrics on labelled data")
+    ev.add_argument("model_dir")
+    ev.add_argument("data")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
+
+    try:
+        from raydl.drift.cli import add_parser as add_drift
+    except ImportError:
+        add_drift = None
+    if add_drift is not None:
+        add_drift(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RaydlError as e:
+        if args.debug:
+            raise
+        print(f"raydl: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("raydl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an unexpected failure: one line, unless --debug
+        if args.debug:
+            raise
+        cause = _root_raydl_error(e)
+        if cause is not None:
+            print(f"raydl: error: {cause}", file=sys.stderr)
+            return cause.exit_code
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"raydl: error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _root_raydl_error(e: BaseException) -> RaydlError | None:
+    """A RaydlError raised inside a Ray worker arrives wrapped; find it."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, RaydlError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""`raydl predict` and `raydl evaluate`: a model directory applied to new data, same preprocessing."""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from raydl.data import feature_matrix
+from raydl.datasets import DATASETS, read_table
+from raydl.errors import DataError
+from raydl.loop import evaluate_batches
+from raydl.metrics import summarize
+from raydl.model_dir import LoadedModel, load_model
+from raydl.spec import DataSpec
+
+
+def load_data(source: str) -> pa.Table:
+    """A built-in dataset name (as trained: same seed and size) or a Parquet/CSV path or URI."""
+    if source in DATASETS:
+        return DATASETS.get(source).load(DataSpec(source=source))
+    return read_table(source, where="DATA")
+
+
+def _batches(x: np.ndarray, y: np.ndarray, size: int = 4096):
+    for i in range(0, len(y), size):
+        yield torch.from_numpy(x[i : i + size]), torch.from_numpy(y[i : i + size])
+
+
+def metrics_on(model: LoadedModel, x_std: np.ndarray, y: np.ndarray, prefix: str) -> dict[str, float]:
+    """Metrics of a model on standardised inputs and encoded labels (class ids or targets)."""
+    n_classes = len(model.prep.classes)
+    s = evaluate_batches(model.module, _batches(x_std, y), model.loss, model.prep.task, n_classes, torch.device("cpu"), nullcontext)
+    return summarize(model.prep.task, n_classes, s, prefix)
+
+
+def encode_labels(model: LoadedModel, table: pa.Table) -> np.ndarray:
+    prep = model.prep
+    if prep.label not in table.column_names:
+        raise DataError(f"DATA: label column {prep.label!r} not in the data; columns: {table.column_names}")
+    values = table.column(prep.label).to_numpy(zero_copy_only=False)
+    if prep.task == "regression":
+        return values.astype(np.float32)
+    index = {c: i for i, c in enumerate(prep.classes)}
+    unknown = sorted({v.item() if hasattr(v, "item") else v for v in values} - set(index))
+    if unknown:
+        raise DataError(f"DATA: label values {unknown[:5]} were not seen in training; known classes: {prep.classes}")
+    return np.array([index[v.item() if hasattr(v, "item") else v] for v in values], dtype=np.int64)
+
+
+def evaluate(model_dir: str | Path, source: str) -> dict[str, float]:
+    model = load_model(model_dir)
+    table = load_data(source)
+    x = model.prep.transform(feature_matrix(table, model.features, where="DATA"))
+    return metrics_on(model, x, encode_labels(model, table), "eval")
+
+
+def predict(model_dir: str | Path, source: str, out: str | Path) -> Path:
+    """Write predictions (and class probabilities) to a Parquet file, atomically."""
+    model = load_model(model_dir)
+    table = load_data(source)
+    logits = torch.from_numpy(model.logits(feature_matrix(table, model.features, where="DATA")))
+    cols: dict[str, object] = {}
+    if model.prep.task == "regression":
+        cols["prediction"] = logits.reshape(-1).numpy()
+    else:
+        probs = model.loss.probs(logits).numpy()
+        cols["prediction"] = pa.array([model.prep.classes[i] for i in probs.argmax(1)])
+        for i, c in enumerate(model.prep.classes):
+            cols[f"prob_{c}"] = probs[:, i]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    pq.write_table(pa.table(cols), tmp)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,226 @@
+"""The driver side of `raydl train`: resolve, connect, check resources, fit, write the model.
+
+Ray types are built from the spec here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raydl.data import Prepared, prepare, to_ray_dataset
+from raydl.errors import ResourceError, SpecError, TrainingDiverged
+from raydl.losses import build_loss
+from raydl.model_dir import LoadedModel, manifest, write_json_atomic, write_model_dir
+from raydl.models import build_model
+from raydl.optim import OPTIMIZERS
+from raydl.spec import JobSpec, spec_to_yaml
+
+log = logging.getLogger("raydl")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: Path
+    run_name: str
+    metrics: dict
+    history: list[dict]
+    status: str
+
+
+def metric_names(task: str) -> list[str]:
+    val = ["val_loss"] + (
+        ["val_accuracy", "val_precision", "val_recall", "val_f1"] if task == "classification" else ["val_mse", "val_mae", "val_r2"]
+    )
+    return ["train_loss", *val]
+
+
+def resolve(spec: JobSpec) -> Prepared:
+    """Load and check the data and resolve every named component, before Ray starts."""
+    OPTIMIZERS.get(spec.optimizer.name, "optimizer.name")
+    prepared = prepare(spec.data, min_train_rows=spec.scaling.num_workers)
+    prep = prepared.prep
+    loss = build_loss(spec.loss, prep.task, len(prep.classes))
+    build_model(spec.model, len(prep.features), loss.n_outputs(len(prep.classes)), prep.image_shape)
+    names = metric_names(prep.task)
+    problems = [
+        f"{where}: unknown metric {m!r} for a {prep.task} task; valid: {', '.join(names)}"
+        for where, m in (("checkpoint.metric", spec.checkpoint.metric),
+                         ("training.early_stopping.metric", spec.training.early_stopping and spec.training.early_stopping.metric))
+        if m and m not in names
+    ]
+    if problems:
+        raise SpecError("; ".join(problems))
+    return prepared
+
+
+def connect(address: str | None) -> bool:
+    """Connect to `address` (or RAY_ADDRESS), else start an embedded local Ray. True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Worker output (Ray Train's per-report INFO lines, Ray Data plans) is kept in Ray's log files;
+    # raydl shows its own progress. RAYDL_VERBOSE=1 forwards it all to this terminal.
+    verbose = os.environ.get("RAYDL_VERBOSE") == "1"
+    kwargs = dict(logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose, configure_logging=True)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    return True
+
+
+def check_resources(spec: JobSpec) -> None:
+    """Fail at once when the cluster cannot fit the workers (Ray would wait 60 s, then fail vaguely)."""
+    import ray
+
+    sc = spec.scaling
+    need = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
+    if sc.use_gpu:
+        need["GPU"] = sc.gpus_per_worker
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    total = {k: sum(n.get(k, 0.0) for n in nodes) for k in need}
+    short = [f"{k}: {v * sc.num_workers:g} asked ({sc.num_workers} workers x {v:g}), {total[k]:g} in the cluster"
+             for k, v in need.items() if v * sc.num_workers > total[k] + 1e-9]
+    # Each worker must also fit on one node.
+    fits = sum(int(min(n.get(k, 0.0) / v for k, v in need.items())) for n in nodes)
+    if short or fits < sc.num_workers:
+        detail = "; ".join(short) or f"only {fits} worker(s) fit on the nodes' resources"
+        raise ResourceError(f"scaling: the cluster cannot fit {sc.num_workers} workers ({detail}); lower scaling.num_workers or per-worker resources")
+
+
+def _progress_pump(queue, on_epoch: Callable[[dict], None], stop: threading.Event) -> threading.Thread:
+    def pump() -> None:
+        while not stop.is_set():
+            try:
+                on_epoch(queue.get(timeout=0.5))
+            except Exception:  # Empty, or the queue actor went away at shutdown
+                if stop.is_set():
+                    return
+        while not queue.empty():
+            on_epoch(queue.get_nowait())
+
+    th = threading.Thread(target=pump, daemon=True)
+    th.start()
+    return th
+
+
+def run_dir(spec: JobSpec) -> Path:
+    return Path(spec.run.storage_path).expanduser().resolve() / spec.run.name
+
+
+def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
+          on_epoch: Callable[[dict], None] | None = None, launch_ts: float | None = None) -> TrainResult:
+    launch_ts = launch_ts or float(os.environ.get("RAYDL_LAUNCH_TS") or time.time())
+    prepared = resolve(spec)
+    rdir = run_dir(spec)
+    if restart and rdir.exists():
+        shutil.rmtree(rdir)
+    rdir.mkdir(parents=True, exist_ok=True)
+    (rdir / "spec.yaml").write_text(spec_to_yaml(spec))
+    man = manifest(spec, prepared.fingerprint)
+
+    started = connect(address)
+    try:
+        check_resources(spec)
+        result = _fit(spec, prepared, man, rdir, launch_ts, on_epoch)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return result
+
+
+def _fit(spec, prepared: Prepared, man: dict, rdir: Path, launch_ts: float, on_epoch) -> TrainResult:
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raydl.loop import STATE_FILE, TrainState, train_loop_per_worker
+
+    sc = spec.scaling
+    queue = stop = pump = None
+    if on_epoch is not None:
+        from ray.util.queue import Queue
+
+        queue, stop = Queue(actor_options={"num_cpus": 0}), threading.Event()
+        pump = _progress_pump(queue, on_epoch, stop)
+    resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
+    if sc.use_gpu:
+        resources["GPU"] = sc.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"), "prep": prepared.prep.to_dict(), "n_val": len(prepared.val),
+            "launch_ts": launch_ts, "manifest": man, "run_dir": str(rdir), "progress": queue,
+        },
+        scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=spec.run.name, storage_path=str(rdir.parent),
+            failure_config=FailureConfig(max_failures=spec.checkpoint.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep_last),
+        ),
+        datasets={
+            "train": to_ray_dataset(prepared.train, num_blocks=2 * sc.num_workers),
+            "val": to_ray_dataset(prepared.val, num_blocks=sc.num_workers),
+        },
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    try:
+        result = trainer.fit()
+    finally:
+        if stop is not None:
+            stop.set()
+            pump.join(timeout=5)
+    with result.checkpoint.as_directory() as d:
+        saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+    state = TrainState(**saved["state"])
+    if state.status == "diverged":
+        epoch, step = state.diverged_at
+        raise TrainingDiverged(
+            f"training diverged: the loss or gradients became NaN or infinite at epoch {epoch + 1}, step {step + 1}; "
+            "lower optimizer.lr, set training.clip_grad_norm, or check the data"
+        )
+    return _finish(spec, prepared, man, rdir, state, saved["best_model"])
+
+
+def _finish(spec: JobSpec, prepared: Prepared, man: dict, rdir: Path, state, best_weights: dict) -> TrainResult:
+    from raydl.inference import metrics_on
+
+    prep = prepared.prep
+    loss = build_loss(spec.loss, prep.task, len(prep.classes))
+    module = build_model(spec.model, len(prep.features), loss.n_outputs(len(prep.classes)), prep.image_shape)
+    module.load_state_dict(best_weights)
+    model = LoadedModel(module.eval(), spec, prep, loss)
+    final = {"best_epoch": state.best_epoch, "epochs_run": state.next_epoch, "status": state.status}
+    final.update(metrics_on(model, prepared.val.X, prepared.val.y, "val"))
+    if len(prepared.test):
+        final.update(metrics_on(model, prepared.test.X, prepared.test.y, "test"))
+    eff = [h for h in state.history[1:]] or state.history
+    final["samples_per_sec"] = float(np.median([h["samples_per_sec"] for h in eff]))
+    final["time_per_step_s"] = float(np.median([h["time_per_step_s"] for h in eff]))
+    final["time_to_first_step_s"] = next((h["time_to_first_step_s"] for h in state.history if h["time_to_first_step_s"] == h["time_to_first_step_s"]), None)
+    final["peak_memory_mb"] = max(h["peak_memory_mb"] for h in state.history)
+    mdir = write_model_dir(rdir / "model", best_weights, spec, prep, {"final": final, "history": state.history}, man)
+    try:
+        from raydl.drift import write_reference_profile
+    except ImportError:
+        write_reference_profile = None
+    if write_reference_profile is not None:
+        write_reference_profile(prepared.raw_train, mdir / "profile.json", features=prep.features, model_dir=mdir)
+    write_json_atomic(rdir / "result.json", {"model_dir": str(mdir), "run_name": spec.run.name, "metrics": final})
+    return TrainResult(mdir, spec.run.name, final, state.history, state.status)

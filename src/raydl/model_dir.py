@@ -1,0 +1,133 @@
+"""The model directory: what a training run leaves behind, written atomically, loadable anywhere.
+
+    weights.pt          best weights (state_dict)
+    spec.yaml           the fully resolved job spec
+    preprocessing.json  feature names, label, classes, standardisation statistics
+    metrics.json        final validation and test metrics, and the per-epoch history
+    manifest.json       raydl version, git SHA, dataset fingerprint, seed, package versions
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+import raydl
+from raydl.data import Preprocessing
+from raydl.errors import DataError
+from raydl.losses import Loss, build_loss
+from raydl.models import build_model
+from raydl.spec import JobSpec, spec_from_dict, spec_to_yaml
+
+FILES = ("weights.pt", "spec.yaml", "preprocessing.json", "metrics.json", "manifest.json")
+
+
+def _clean(obj):
+    """JSON-safe: NaN/inf become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(_clean(obj), indent=2, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def manifest(spec: JobSpec, fingerprint: str) -> dict:
+    versions = {}
+    for pkg in ("torch", "ray", "numpy", "pyarrow", "scikit-learn", "wandb", "pydantic"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "raydl_version": raydl.__version__, "git_sha": git_sha(), "dataset_fingerprint": fingerprint,
+        "data_seed": spec.data.seed, "training_seed": spec.training.seed, "python": sys.version.split()[0],
+        "packages": versions, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_model_dir(path: Path, weights: dict, spec: JobSpec, prep: Preprocessing, metrics: dict, man: dict) -> Path:
+    """Write every file into a temp dir beside `path`, then swap it in with renames."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        torch.save(weights, tmp / "weights.pt")
+        (tmp / "spec.yaml").write_text(spec_to_yaml(spec))
+        (tmp / "preprocessing.json").write_text(json.dumps(prep.to_dict(), indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2))
+        (tmp / "manifest.json").write_text(json.dumps(man, indent=2))
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+@dataclass
+class LoadedModel:
+    module: torch.nn.Module
+    spec: JobSpec
+    prep: Preprocessing
+    loss: Loss
+
+    @property
+    def features(self) -> list[str]:
+        return self.prep.features
+
+    def preprocess(self, X: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.prep.transform(np.asarray(X, dtype=np.float64)))
+
+    @torch.no_grad()
+    def logits(self, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        self.module.eval()
+        x = self.preprocess(X)
+        return torch.cat([self.module(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    path = Path(path)
+    missing = [f for f in ("weights.pt", "spec.yaml", "preprocessing.json") if not (path / f).is_file()]
+    if missing:
+        raise DataError(f"not a raydl model directory: {path} (missing {', '.join(missing)})")
+    spec = spec_from_dict(yaml.safe_load((path / "spec.yaml").read_text()), origin=f"in {path / 'spec.yaml'}")
+    prep = Preprocessing.from_dict(json.loads((path / "preprocessing.json").read_text()))
+    loss = build_loss(spec.loss, prep.task, len(prep.classes))
+    module = build_model(spec.model, len(prep.features), loss.n_outputs(len(prep.classes)), prep.image_shape)
+    module.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
+    module.eval()
+    return LoadedModel(module, spec, prep, loss)

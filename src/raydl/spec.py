@@ -1,0 +1,228 @@
+"""The typed job spec: YAML in, a frozen, validated `JobSpec` out.
+
+Every entry point (CLI, Python API, Tune trials, pipeline steps) builds this one spec. Unknown
+keys, wrong types and out-of-range values are rejected at once, every problem listed with its
+dotted path. After `load_spec` the rest of raydl trusts its input.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raydl.errors import SpecError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunSpec(_Section):
+    name: str = Field("raydl-run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    storage_path: str = "runs"
+
+
+class SplitSpec(_Section):
+    train: float = Field(0.6, gt=0, lt=1)
+    val: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _adds_up(self) -> SplitSpec:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"split fractions add up to {total:g}; train + val + test must be 1")
+        return self
+
+
+class DataSpec(_Section):
+    source: str = Field(..., min_length=1, description="built-in dataset name, or a Parquet/CSV file, directory or URI")
+    format: Literal["auto", "parquet", "csv"] = "auto"
+    features: list[str] | None = None
+    label: str | None = None
+    task: Literal["auto", "classification", "regression"] = "auto"
+    split: SplitSpec = SplitSpec()
+    seed: int = Field(0, ge=0)
+    standardize: bool = True
+    n_samples: int | None = Field(None, ge=1, description="rows for synthetic datasets")
+    noise: float | None = Field(None, ge=0)
+
+
+class ModelSpec(_Section):
+    name: str = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [128, 64])
+    activation: Literal["relu", "leaky_relu", "tanh", "sigmoid"] = "relu"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    norm: Literal["none", "batch", "layer"] = "none"
+    init: Literal["default", "xavier", "he"] = "default"
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, v: list[int]) -> list[int]:
+        if any(w < 1 for w in v):
+            raise ValueError("every hidden width must be at least 1")
+        return v
+
+
+class LossSpec(_Section):
+    name: str = "auto"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    huber_delta: float = Field(1.0, gt=0)
+
+
+class ScheduleSpec(_Section):
+    name: Literal["none", "step", "cosine"] = "none"
+    warmup_epochs: int = Field(0, ge=0)
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class OptimizerSpec(_Section):
+    name: str = "adam"
+    lr: float = Field(1e-3, gt=0, le=10)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    l1: float = Field(0.0, ge=0)
+    schedule: ScheduleSpec = ScheduleSpec()
+
+
+class EarlyStoppingSpec(_Section):
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainingSpec(_Section):
+    epochs: int = Field(20, ge=1, le=100_000)
+    batch_size: int = Field(64, ge=1, description="per worker")
+    grad_accum_steps: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    clip_grad_value: float | None = Field(None, gt=0)
+    early_stopping: EarlyStoppingSpec | None = None
+    seed: int = Field(0, ge=0)
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    shuffle: bool = True
+
+
+class ScalingSpec(_Section):
+    num_workers: int = Field(2, ge=1, le=1024)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0)
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+
+
+class CheckpointSpec(_Section):
+    every_n_epochs: int = Field(1, ge=1)
+    keep_last: int = Field(2, ge=1)
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    max_failures: int = Field(2, ge=0)
+
+
+class TrackingSpec(_Section):
+    backend: Literal["wandb", "none"] = "wandb"
+    mode: Literal["offline", "online"] = "offline"
+    project: str = "raydl"
+    entity: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    log_model: bool = True
+
+
+class JobSpec(_Section):
+    run: RunSpec = RunSpec()
+    data: DataSpec
+    model: ModelSpec = ModelSpec()
+    loss: LossSpec = LossSpec()
+    optimizer: OptimizerSpec = OptimizerSpec()
+    training: TrainingSpec = TrainingSpec()
+    scaling: ScalingSpec = ScalingSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    tracking: TrackingSpec = TrackingSpec()
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _tracking_shorthand(cls, v: Any) -> Any:
+        # `tracking: none` / `tracking: wandb` are accepted as shorthands.
+        return {"backend": v} if isinstance(v, str) else v
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        got = e.get("input")
+        got_s = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{path}: {msg}{got_s}")
+    n = len(lines)
+    head = f"invalid job spec {origin}: {n} problem{'s' if n > 1 else ''}: "
+    return head + "; ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`optim.lr=3e-3` -> (["optim", "lr"], 0.003). Values are parsed as YAML scalars/lists."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise SpecError(f"bad override {text!r}: expected dotted.key=value, e.g. optimizer.lr=3e-3")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise SpecError(f"bad override {text!r}: value is not valid YAML ({e.problem})") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = dict(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[part] = child
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def spec_from_dict(raw: Any, origin: str = "") -> JobSpec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"invalid job spec {origin}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(_format_errors(e, origin)) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read a YAML job spec, apply dotted overrides and validate it (a `SpecError` lists all problems)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"job spec not found: {p} (pass the path of a YAML file)")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError(f"malformed YAML in {p}{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"invalid job spec in {p}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return spec_from_dict(apply_overrides(raw, overrides or []), origin=f"in {p}")
+
+
+def spec_to_yaml(spec: JobSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
