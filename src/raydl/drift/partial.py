@@ -1,0 +1,247 @@
+"""Mergeable partial states: one per batch, merged associatively into one per dataset.
+
+``ProfilePartial`` (first pass over the reference) holds moments, category counts and a
+bottom-k uniform row sample; ``CountPartial`` (reference histograms and every check) holds
+bin counts, reconstruction-error and OOD-score aggregates. Memory is O(features x bins)
+(+ the fixed-size sample), whatever the number of rows. ``merge`` is associative and
+commutative, so the order in which Ray hands batches back does not matter.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raydl.drift import stats
+from raydl.drift.data import category_column, numeric_column
+
+MAX_UNSEEN_EXAMPLES = 10
+
+
+def numeric_matrix(batch: pa.RecordBatch | pa.Table, names: list[str]) -> np.ndarray:
+    """[rows, len(names)] float64 matrix with NaN for nulls."""
+    if not names:
+        return np.empty((batch.num_rows, 0))
+    return np.column_stack([numeric_column(batch.column(n)) for n in names])
+
+
+@dataclass
+class ProfilePartial:
+    """First-pass state: moments, min/max, category counts, bottom-k sample."""
+
+    n_rows: int
+    count: np.ndarray  # [F] non-NaN values per numeric feature
+    mean: np.ndarray
+    m2: np.ndarray
+    vmin: np.ndarray
+    vmax: np.ndarray
+    categories: dict[str, dict[str, int]]
+    cat_missing: dict[str, int]
+    sample_keys: np.ndarray  # [k]
+    sample: np.ndarray  # [k, F]
+
+    def merge(self, o: ProfilePartial, k: int) -> ProfilePartial:
+        """Chan's parallel moments + summed counts + bottom-k of both samples."""
+        n = self.count + o.count
+        delta = o.mean - self.mean
+        safe = np.where(n > 0, n, 1)
+        mean = np.where(n > 0, self.mean + delta * o.count / safe, 0.0)
+        m2 = self.m2 + o.m2 + delta**2 * self.count * o.count / safe
+        cats = {f: dict(c) for f, c in self.categories.items()}
+        for f, c in o.categories.items():
+            d = cats.setdefault(f, {})
+            for v, cnt in c.items():
+                d[v] = d.get(v, 0) + cnt
+        keys = np.concatenate([self.sample_keys, o.sample_keys])
+        rows = np.concatenate([self.sample, o.sample])
+        keep = np.argsort(keys, kind="stable")[:k]
+        return ProfilePartial(
+            n_rows=self.n_rows + o.n_rows,
+            count=n,
+            mean=mean,
+            m2=m2,
+            vmin=np.fmin(self.vmin, o.vmin),
+            vmax=np.fmax(self.vmax, o.vmax),
+            categories=cats,
+            cat_missing={f: self.cat_missing[f] + o.cat_missing[f] for f in self.cat_missing},
+            sample_keys=keys[keep],
+            sample=rows[keep],
+        )
+
+
+@dataclass(frozen=True)
+class ProfilePass:
+    """Batch -> ProfilePartial for given numeric / categorical features (picklable)."""
+
+    numeric: list[str]
+    categorical: list[str]
+    sample_size: int
+    seed: int
+
+    def __call__(self, batch: pa.RecordBatch | pa.Table) -> ProfilePartial:
+        x = numeric_matrix(batch, self.numeric)
+        ok = ~np.isnan(x)
+        count = ok.sum(axis=0).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count > 0, np.nansum(x, axis=0) / np.maximum(count, 1), 0.0)
+            m2 = np.nansum(np.where(ok, (x - mean) ** 2, 0.0), axis=0)
+        vmin = np.where(count > 0, np.min(np.where(ok, x, np.inf), axis=0, initial=np.inf), np.nan)
+        vmax = np.where(count > 0, np.max(np.where(ok, x, -np.inf), axis=0, initial=-np.inf), np.nan)
+        cats, missing = {}, {}
+        for f in self.categorical:
+            col = category_column(batch.column(f))
+            missing[f] = col.null_count
+            vc = pc.value_counts(col.drop_null())
+            cats[f] = {
+                str(v): int(c)
+                for v, c in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist())
+            }
+        # Bottom-k sampling: uniform keys per row; the k smallest keys overall form a uniform
+        # sample without replacement, and keeping the k smallest is associative.
+        crc = zlib.crc32(np.ascontiguousarray(x[:64]).tobytes()) if x.size else batch.num_rows
+        rng = np.random.default_rng([self.seed, crc, batch.num_rows])
+        keys = rng.random(batch.num_rows)
+        keep = np.argsort(keys)[: self.sample_size]
+        return ProfilePartial(
+            n_rows=batch.num_rows,
+            count=count,
+            mean=mean,
+            m2=m2,
+            vmin=vmin,
+            vmax=vmax,
+            categories=cats,
+            cat_missing=missing,
+            sample_keys=keys[keep],
+            sample=x[keep],
+        )
+
+
+@dataclass
+class CountPartial:
+    """Second-pass / check state: bin counts, error and score aggregates."""
+
+    n_rows: int
+    num_counts: list[np.ndarray]
+    num_missing: np.ndarray
+    cat_counts: list[np.ndarray]  # known categories + unseen bucket (last)
+    cat_missing: np.ndarray
+    unseen_examples: list[set[str]]
+    recon: dict[str, Any] | None = None  # n, sum, sumsq, above, counts
+    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def merge(self, o: CountPartial) -> CountPartial:
+        """Sum every count; union (capped) the unseen examples."""
+        recon = None
+        if self.recon is not None:
+            recon = {k: self.recon[k] + o.recon[k] for k in self.recon}
+        scores = {
+            s: {k: v + o.scores[s][k] for k, v in agg.items()} for s, agg in self.scores.items()
+        }
+        return CountPartial(
+            n_rows=self.n_rows + o.n_rows,
+            num_counts=[a + b for a, b in zip(self.num_counts, o.num_counts)],
+            num_missing=self.num_missing + o.num_missing,
+            cat_counts=[a + b for a, b in zip(self.cat_counts, o.cat_counts)],
+            cat_missing=self.cat_missing + o.cat_missing,
+            unseen_examples=[
+                set(sorted(a | b)[:MAX_UNSEEN_EXAMPLES])
+                for a, b in zip(self.unseen_examples, o.unseen_examples)
+            ],
+            recon=recon,
+            scores=scores,
+        )
+
+
+def _aggregate(values: np.ndarray, edges: np.ndarray, threshold: float, direction: int) -> dict:
+    counts, _ = stats.histogram(values, edges)
+    above = values > threshold if direction > 0 else values < threshold
+    return {
+        "n": int(values.size),
+        "sum": float(values.sum()),
+        "sumsq": float((values**2).sum()),
+        "above": int(above.sum()),
+        "counts": counts,
+    }
+
+
+@dataclass(frozen=True)
+class CountPass:
+    """Batch -> CountPartial against a profile's bins, PCA and score thresholds (picklable)."""
+
+    numeric: list[str]
+    edges: list[np.ndarray]
+    categorical: list[str]
+    categories: list[list[str]]
+    pca: dict[str, Any] | None = None  # features, mean, scale, center, components, threshold, edges
+    model: Any = None  # callable raw features -> logits
+    model_features: list[str] = field(default_factory=list)
+    score_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __call__(self, batch: pa.RecordBatch | pa.Table) -> CountPartial:
+        x = numeric_matrix(batch, self.numeric)
+        num_counts, num_missing = [], []
+        for j, e in enumerate(self.edges):
+            c, m = stats.histogram(x[:, j], e)
+            num_counts.append(c)
+            num_missing.append(m)
+        cat_counts, cat_missing, unseen = [], [], []
+        for f, cats in zip(self.categorical, self.categories):
+            col = category_column(batch.column(f))
+            idx = pc.index_in(col, value_set=pa.array(cats, pa.string()))
+            nulls = col.is_null()
+            known = idx.drop_null().to_numpy(zero_copy_only=False)
+            c = np.bincount(known, minlength=len(cats) + 1).astype(np.int64)
+            new_mask = pc.and_(pc.is_null(idx), pc.invert(nulls))
+            c[len(cats)] = int(pc.sum(new_mask).as_py() or 0)
+            ex = set(pc.unique(col.filter(new_mask)).to_pylist()[:MAX_UNSEEN_EXAMPLES])
+            cat_counts.append(c)
+            cat_missing.append(col.null_count)
+            unseen.append({str(v) for v in ex})
+        recon = None
+        if self.pca is not None:
+            recon = _aggregate(
+                self.recon_errors(batch), self.pca["error_edges"], self.pca["threshold"], 1
+            )
+        scores = {}
+        if self.model is not None and self.score_specs:
+            from raydl.drift.ood import output_scores
+
+            xm = numeric_matrix(batch, self.model_features)
+            all_scores = output_scores(self.model(xm)) if len(xm) else {
+                s: np.empty(0) for s in self.score_specs
+            }
+            for s, spec in self.score_specs.items():
+                scores[s] = _aggregate(
+                    all_scores[s], spec["edges"], spec["threshold"], spec["direction"]
+                )
+        return CountPartial(
+            n_rows=batch.num_rows,
+            num_counts=num_counts,
+            num_missing=np.asarray(num_missing, dtype=np.int64),
+            cat_counts=cat_counts,
+            cat_missing=np.asarray(cat_missing, dtype=np.int64),
+            unseen_examples=unseen,
+            recon=recon,
+            scores=scores,
+        )
+
+    def recon_errors(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+        """Per-row PCA reconstruction errors (NaN imputed by the reference mean)."""
+        p = self.pca
+        z = standardise(numeric_matrix(batch, p["features"]), p["mean"], p["scale"])
+        return stats.reconstruction_errors(z, p["components"], p["center"])
+
+
+def standardise(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(x - mean) / scale with NaN replaced by 0 (the reference mean)."""
+    z = (x - mean) / scale
+    return np.where(np.isnan(z), 0.0, z)
+
+
+MergeFn = Callable[[Any, Any], Any]

@@ -1,0 +1,149 @@
+"""Pure statistics: divergences on shared bins, binning, PCA reconstruction errors, null thresholds.
+
+Every function here is side-effect free and works on numpy arrays; detectors and the
+streaming engine call them. Conventions:
+
+* ``p`` is the reference distribution, ``q`` the current one; both may be counts or
+  probabilities (they are normalised), and ONE smoothing constant ``eps`` is added to every
+  bin probability of both before renormalising, so empty bins never give infinities.
+* ``kl_divergence`` is KL(p || q) in nats; ``js_divergence`` is the Jensen-Shannon
+  divergence in bits (base 2, so it lies in [0, 1]); ``psi`` is sum((q - p) * ln(q / p)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DEFAULT_EPS = 1e-4
+
+
+def smooth(counts: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarray:
+    """Normalise ``counts`` to probabilities, add ``eps`` to each bin, renormalise."""
+    c = np.asarray(counts, dtype=np.float64)
+    total = c.sum(axis=-1, keepdims=True)
+    p = np.divide(c, total, out=np.zeros_like(c), where=total > 0)
+    p = p + eps
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarray:
+    """KL(p || q) in nats on shared bins (last axis), both smoothed with ``eps``."""
+    ps, qs = smooth(p, eps), smooth(q, eps)
+    return np.sum(ps * np.log(ps / qs), axis=-1)
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarray:
+    """Jensen-Shannon divergence in bits (in [0, 1]) on shared bins, both smoothed with ``eps``."""
+    ps, qs = smooth(p, eps), smooth(q, eps)
+    m = 0.5 * (ps + qs)
+    js = 0.5 * np.sum(ps * np.log2(ps / m), axis=-1) + 0.5 * np.sum(qs * np.log2(qs / m), axis=-1)
+    return np.clip(js, 0.0, 1.0)
+
+
+def psi(p: np.ndarray, q: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarray:
+    """Population stability index sum((q - p) ln(q / p)) on shared bins, smoothed with ``eps``."""
+    ps, qs = smooth(p, eps), smooth(q, eps)
+    return np.sum((qs - ps) * np.log(qs / ps), axis=-1)
+
+
+STATISTICS = {"kl": kl_divergence, "js": js_divergence, "psi": psi}
+
+
+def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Unique bin edges at the ``n_bins`` reference quantiles (min and max included)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        raise ValueError("no finite values to take quantiles of")
+    return np.unique(np.quantile(v, np.linspace(0.0, 1.0, n_bins + 1)))
+
+
+def n_numeric_bins(edges: np.ndarray) -> int:
+    """Number of bins for ``edges``: underflow + interior bins + overflow."""
+    return max(len(edges) - 1, 1) + 2
+
+
+def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin of each value: 0 = below edges[0], last = above edges[-1], interior [e_i, e_i+1).
+
+    The last interior bin is closed on the right so the reference maximum falls inside it.
+    With a single edge (constant reference feature) the interior bin holds exactly that value.
+    NaNs must be removed by the caller.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    m = len(edges)
+    idx = np.searchsorted(edges, x, side="right")
+    top = edges[-1]
+    idx[x == top] = m - 1 if m >= 2 else 1
+    idx[x > top] = n_numeric_bins(edges) - 1
+    return idx
+
+
+def histogram(values: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, int]:
+    """Counts per bin (see ``bin_index``) and the number of NaNs skipped."""
+    x = np.asarray(values, dtype=np.float64)
+    nan = np.isnan(x)
+    counts = np.bincount(bin_index(x[~nan], edges), minlength=n_numeric_bins(edges))
+    return counts.astype(np.int64), int(nan.sum())
+
+
+def reconstruction_errors(
+    z: np.ndarray, components: np.ndarray, center: np.ndarray
+) -> np.ndarray:
+    """Euclidean norm of each row of ``z`` minus its PCA reconstruction.
+
+    ``components`` is [k, d] with orthonormal rows (scikit-learn's ``components_``) and
+    ``center`` the PCA mean (``mean_``); ``z`` is the standardised data [n, d].
+    """
+    zc = np.asarray(z, dtype=np.float64) - center
+    recon = (zc @ components.T) @ components
+    return np.sqrt(np.sum((zc - recon) ** 2, axis=1))
+
+
+def bootstrap_null(
+    ref_counts: np.ndarray,
+    n_current: int,
+    n_draws: int = 4000,
+    eps: float = DEFAULT_EPS,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Null distribution of each statistic between two i.i.d. samples of the reference histogram.
+
+    Draws a reference-sized and a current-sized multinomial sample from the reference bin
+    probabilities (Laplace-smoothed, so the under/overflow bins keep the ~1/n chance of a new
+    extreme value) and returns every statistic of each of ``n_draws`` pairs.
+    """
+    c = np.asarray(ref_counts, dtype=np.float64)
+    n_ref = int(c.sum())
+    probs = (c + 1.0) / (c.sum() + len(c))
+    rng = np.random.default_rng(seed)
+    a = rng.multinomial(max(n_ref, 1), probs, size=n_draws)
+    b = rng.multinomial(max(int(n_current), 1), probs, size=n_draws)
+    return {k: fn(a, b, eps) for k, fn in STATISTICS.items()}
+
+
+def upper_quantile(null: np.ndarray, alpha: float) -> float:
+    """The (1 - alpha) quantile of a sample from the null distribution."""
+    return float(np.quantile(null, 1.0 - alpha, method="higher"))
+
+
+def normal_upper_p(z: float) -> float:
+    """One-sided p-value P(Z >= z) of a standard normal."""
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def two_sample_mean_z(
+    mean_cur: float, mean_ref: float, var_ref: float, n_cur: int, n_ref: int
+) -> float:
+    """z statistic of a mean that grew from reference to current (reference variance pooled)."""
+    se = math.sqrt(max(var_ref, 1e-300) * (1.0 / max(n_cur, 1) + 1.0 / max(n_ref, 1)))
+    return (mean_cur - mean_ref) / se
+
+
+def exceedance_z(share: float, expected: float, n_cur: int, n_ref: int) -> float:
+    """z statistic of a share of rows above a threshold read from ``n_ref`` reference rows."""
+    p0 = min(max(expected, 1e-9), 1 - 1e-9)
+    se = math.sqrt(p0 * (1 - p0) * (1.0 / max(n_cur, 1) + 1.0 / max(n_ref, 1)))
+    return (share - p0) / se
