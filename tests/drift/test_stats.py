@@ -81,3 +81,15 @@ def test_bootstrap_null_threshold_grows_when_samples_shrink() -> None:
     small = stats.upper_quantile(stats.bootstrap_null(ref, 200, 2000)["js"], 0.01)
     large = stats.upper_quantile(stats.bootstrap_null(ref, 20000, 2000)["js"], 0.01)
     assert small > large > 0
+
+
+def test_gamma_tail_matches_empirical_quantile() -> None:
+    null = stats.bootstrap_null(np.full(22, 500), 2000, 20000, seed=3)["js"]
+    emp = float(np.quantile(null, 0.99))
+    assert stats.upper_quantile(null[:1000], 0.01) == pytest.approx(emp, rel=0.15)
+
+
+def test_exceedance_p_is_calibrated_and_monotone() -> None:
+    assert stats.exceedance_p(0, 1000, 0.01, 400) == pytest.approx(1.0)
+    assert stats.exceedance_p(10, 1000, 0.01, 400) > 0.3  # exactly the expected share
+    assert stats.exceedance_p(60, 1000, 0.01, 400) < stats.exceedance_p(30, 1000, 0.01, 400)

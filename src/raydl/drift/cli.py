@@ -165,7 +165,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ck.add_argument("--js-threshold", type=float, default=None, help="fixed JS threshold (0.1)")
     ck.add_argument("--method", choices=["js", "kl", "psi"], default="js",
                     help="statistic that decides a feature's verdict")
-    ck.add_argument("--alpha", type=float, default=0.05, help="overall false-alarm rate")
+    ck.add_argument("--alpha", type=float, default=0.02,
+                    help="overall false-alarm rate of an i.i.d. sample (calibrated mode)")
     ck.add_argument("--mc-dropout", type=int, default=0, metavar="N",
                     help="with --model: N MC Dropout passes on up to --mc-rows rows")
     ck.add_argument("--mc-rows", type=int, default=2000)

@@ -34,7 +34,7 @@ class CheckSettings:
     threshold: str = "calibrated"  # or "fixed"
     method: str = "js"  # the statistic that decides a feature's verdict
     fixed: dict[str, float] = field(default_factory=lambda: dict(FIXED_THRESHOLDS))
-    alpha: float = 0.05
+    alpha: float = 0.02  # overall false-alarm rate of an i.i.d. sample (<= 5% asked)
     eps: float = stats.DEFAULT_EPS
     n_draws: int = 4000
     max_missing_increase: float = 0.1
@@ -212,7 +212,7 @@ def score_reconstruction(
     expected = 1.0 - p["percentile"] / 100.0
     p_mean = stats.normal_upper_p(
         stats.two_sample_mean_z(mean, p["error_mean"], p["error_var"], n, p["n_holdout"]))
-    p_share = stats.normal_upper_p(stats.exceedance_z(share, expected, n, p["n_holdout"]))
+    p_share = stats.exceedance_p(r["above"], n, expected, p["n_holdout"])
     level = s.alpha / n_tests
     return MultivariateResult(
         drifted=bool(min(p_mean, p_share) < level), n_components=len(p["components"]),
@@ -236,8 +236,7 @@ def score_output(
         a = state.scores[name]
         n = max(a["n"], 1)
         share = a["above"] / n
-        pv = stats.normal_upper_p(
-            stats.exceedance_z(share, ref["expected_share"], n, profile.model["n"]))
+        pv = stats.exceedance_p(a["above"], n, ref["expected_share"], profile.model["n"])
         out.append(ScoreResult(
             name=name, drifted=bool(pv < s.alpha / n_tests), direction=ref["direction"],
             threshold=ref["threshold"], expected_share=ref["expected_share"],

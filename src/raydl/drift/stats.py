@@ -105,7 +105,7 @@ def reconstruction_errors(
 def bootstrap_null(
     ref_counts: np.ndarray,
     n_current: int,
-    n_draws: int = 4000,
+    n_draws: int = 1000,
     eps: float = DEFAULT_EPS,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
@@ -125,8 +125,18 @@ def bootstrap_null(
 
 
 def upper_quantile(null: np.ndarray, alpha: float) -> float:
-    """The (1 - alpha) quantile of a sample from the null distribution."""
-    return float(np.quantile(null, 1.0 - alpha, method="higher"))
+    """The (1 - alpha) quantile of a gamma fitted (by moments) to a null sample.
+
+    Divergences of two i.i.d. histograms are close to a scaled chi-square, i.e. a gamma;
+    the fit reads small tail probabilities (alpha / n_tests) from a thousand draws.
+    """
+    from scipy.stats import gamma
+
+    v = np.asarray(null, dtype=np.float64)
+    mean, var = float(v.mean()), float(v.var(ddof=1))
+    if mean <= 0 or var <= 0:
+        return float(v.max())
+    return float(gamma.ppf(1.0 - alpha, mean * mean / var, scale=var / mean))
 
 
 def normal_upper_p(z: float) -> float:
@@ -142,8 +152,14 @@ def two_sample_mean_z(
     return (mean_cur - mean_ref) / se
 
 
-def exceedance_z(share: float, expected: float, n_cur: int, n_ref: int) -> float:
-    """z statistic of a share of rows above a threshold read from ``n_ref`` reference rows."""
-    p0 = min(max(expected, 1e-9), 1 - 1e-9)
-    se = math.sqrt(p0 * (1 - p0) * (1.0 / max(n_cur, 1) + 1.0 / max(n_ref, 1)))
-    return (share - p0) / se
+def exceedance_p(n_above: int, n_cur: int, expected: float, n_ref: int) -> float:
+    """P(at least ``n_above`` of ``n_cur`` i.i.d. rows pass a threshold read from ``n_ref`` rows).
+
+    The threshold is an order statistic of the reference with ``j = expected * n_ref`` rows
+    beyond it, so its true exceedance probability is Beta(j, n_ref - j + 1) and the count of
+    current rows beyond it is beta-binomial: exact, however small ``n_ref`` is.
+    """
+    from scipy.stats import betabinom
+
+    j = min(max(round(expected * n_ref), 1), max(n_ref, 1))
+    return float(betabinom.sf(n_above - 1, max(n_cur, 1), j, max(n_ref - j + 1, 1)))
