@@ -66,3 +66,16 @@ def make_table(
     cols = {f"x{i:02d}": x[:, i] for i in range(n_x)}
     cols.update(pair_a=a, pair_b=b, cat=cat)
     return pa.table(cols)
+
+
+def shifted_digits(x: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
+    """Shifted 8x8 digits (raw 0..16 pixels, [n, 64]): ``noise`` (Gaussian sd 4, clipped),
+    ``inverted`` (16 - x) or ``rotated`` (90 degrees)."""
+    rng = np.random.default_rng(seed)
+    if kind == "noise":
+        return np.clip(x + rng.normal(scale=4.0, size=x.shape), 0, 16)
+    if kind == "inverted":
+        return 16.0 - x
+    if kind == "rotated":
+        return np.rot90(x.reshape(-1, 8, 8), k=1, axes=(1, 2)).reshape(-1, 64).copy()
+    raise ValueError(f"unknown shift {kind!r} (valid: noise, inverted, rotated)")
