@@ -40,7 +40,7 @@ def _sklearn(loader_name: str, label: str) -> Callable[[DataSpec], pa.Table]:
         import sklearn.datasets as skd
 
         bunch = getattr(skd, loader_name)()
-        names = list(getattr(bunch, "feature_names", None) or [f"x{i}" for i in range(bunch.data.shape[1])])
+        names = [str(n) for n in bunch.feature_names]
         return _table(bunch.data.astype(np.float64), bunch.target, names, label)
 
     return load
@@ -55,7 +55,7 @@ def _digits(spec: DataSpec) -> pa.Table:
 
 DATASETS.register("digits")(Builtin(_digits, "digit", "classification"))
 DATASETS.register("digits_images")(Builtin(_digits, "digit", "classification", (1, 8, 8)))
-DATASETS.register("breast_cancer")(Builtin(_sklearn("load_breast_cancer", "malignant"), "malignant", "classification"))
+DATASETS.register("breast_cancer")(Builtin(_sklearn("load_breast_cancer", "benign"), "benign", "classification"))
 DATASETS.register("wine")(Builtin(_sklearn("load_wine", "cultivar"), "cultivar", "classification"))
 DATASETS.register("iris")(Builtin(_sklearn("load_iris", "species"), "species", "classification"))
 DATASETS.register("diabetes")(Builtin(_sklearn("load_diabetes", "progression"), "progression", "regression"))

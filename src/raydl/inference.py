@@ -69,7 +69,7 @@ def predict(model_dir: str | Path, source: str, out: str | Path) -> Path:
     if model.prep.task == "regression":
         cols["prediction"] = logits.reshape(-1).numpy()
     else:
-        probs = model.loss.probs(logits).numpy()
+        probs = torch.softmax(logits, dim=1).numpy()
         cols["prediction"] = pa.array([model.prep.classes[i] for i in probs.argmax(1)])
         for i, c in enumerate(model.prep.classes):
             cols[f"prob_{c}"] = probs[:, i]

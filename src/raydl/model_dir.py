@@ -114,9 +114,13 @@ class LoadedModel:
 
     @torch.no_grad()
     def logits(self, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """Raw features in; one logit per class out ([n, C]; a binary model's z becomes [0, z])."""
         self.module.eval()
         x = self.preprocess(X)
-        return torch.cat([self.module(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
+        z = torch.cat([self.module(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        if self.loss.binary:
+            z = torch.cat([torch.zeros_like(z), z], dim=1)
+        return z.numpy()
 
 
 def load_model(path: str | Path) -> LoadedModel:
