@@ -10,6 +10,7 @@ Processes are read from /proc (Linux only; psutil is not a dependency).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -129,6 +130,17 @@ class RayCluster:
     def train_workers(self) -> list[int]:
         return sorted(p for ps in self.worker_pids().values() for p in ps)
 
+    def wait_idle(self, timeout: float = 90.0) -> None:
+        """Until no Ray Train controller or worker of an earlier run is left on the cluster."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = [p for n in ("RayTrainWorker", "TrainController") for ps in self.worker_pids(n).values() for p in ps]
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Ray Train actors still alive after {timeout:.0f} s: {left}")
+            time.sleep(0.5)
+
     def add_node(self, num_cpus: int = 1, resources: str | None = None) -> None:
         args = [
             RAY, "start", f"--address={self.address}", f"--num-cpus={num_cpus}", f"--temp-dir={self.temp_dir}",
@@ -137,7 +149,16 @@ class RayCluster:
         ]
         if resources:
             args.append(f"--resources={resources}")
-        _run_ray_start(args, self)
+        for attempt in range(2):  # a loaded machine can miss Ray's fixed 30 s raylet start-up wait
+            before = set(pids_with(self.temp_dir))
+            try:
+                _run_ray_start(args, self)
+                break
+            except RuntimeError:
+                new = [p for p in pids_with(self.temp_dir) if p not in before]
+                kill_all(new + [c for p in new for c in descendants(p)])
+                if attempt:
+                    raise
         self.nodes += 1
 
     def stop(self) -> None:
@@ -185,25 +206,48 @@ def start_head(num_cpus: int = 2, resources: str | None = None) -> RayCluster:
     if resources:
         args.append(f"--resources={resources}")
     cluster = RayCluster(temp_dir=temp_dir, address="")
-    try:
-        text = _run_ray_start(args, cluster)
-    except BaseException:
-        cluster.stop()
-        raise
+    for attempt in range(2):  # a loaded machine can miss Ray's fixed 30 s raylet start-up wait
+        try:
+            text = _run_ray_start(args, cluster)
+            break
+        except BaseException:
+            cluster.stop()
+            os.makedirs(temp_dir, exist_ok=True)
+            if attempt:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+                raise
     m = re.search(r"ray start --address='([^']+)'", re.sub(r"\x1b\[[0-9;]*m", "", text))
     cluster.address = m.group(1) if m else f"127.0.0.1:{port}"
     return cluster
 
 
+TEST_RESOURCE = "raydl_test_node"  # a custom resource (1 per node) only our clusters have
+
+
 def start_two_nodes() -> RayCluster:
     """A head with 1 CPU and one worker node with 1 CPU, both on this machine."""
-    cluster = start_head(num_cpus=1)
+    res = json.dumps({TEST_RESOURCE: 1})
+    cluster = start_head(num_cpus=1, resources=res)
     try:
-        cluster.add_node(num_cpus=1)
+        cluster.add_node(num_cpus=1, resources=res)
         cluster.wait_for_nodes(2)
     except BaseException:
         cluster.stop()
         raise
+    return cluster
+
+
+_SHARED: list[RayCluster] = []
+
+
+def shared_cluster(request) -> RayCluster:
+    """One two-node cluster (head 1 CPU + worker node 1 CPU) for every test of the session that
+    asks for it (starting one costs 30-60 s here); stopped when the session ends."""
+    if not _SHARED:
+        _SHARED.append(start_two_nodes())
+        request.config.add_cleanup(lambda: _SHARED.pop().stop())
+    cluster = _SHARED[0]
+    cluster.wait_idle()
     return cluster
 
 
