@@ -13,7 +13,7 @@ from raydl.spec import JobSpec
 
 
 def _final_weights(storage: str, name: str) -> dict:
-    (latest,) = sorted(Path(storage, name).glob("checkpoint_*"))[-1:]
+    (latest,) = sorted(Path(storage, name).glob("checkpoint_*/"))[-1:]
     return torch.load(latest / STATE_FILE, map_location="cpu", weights_only=False)["model"]
 
 

@@ -221,6 +221,8 @@ def _finish(spec: JobSpec, prepared: Prepared, man: dict, rdir: Path, state, bes
     except ImportError:
         write_reference_profile = None
     if write_reference_profile is not None:
-        write_reference_profile(prepared.raw_train, mdir / "profile.json", features=prep.features, model_dir=mdir)
+        # Output-based OOD scores (softmax, entropy, energy) exist for classifiers only.
+        scorer = mdir if prep.task == "classification" else None
+        write_reference_profile(prepared.raw_train, mdir / "profile.json", features=prep.features, model_dir=scorer)
     write_json_atomic(rdir / "result.json", {"model_dir": str(mdir), "run_name": spec.run.name, "metrics": final})
     return TrainResult(mdir, spec.run.name, final, state.history, state.status)
