@@ -8,6 +8,7 @@ dotted path. After `load_spec` the rest of raydl trusts its input.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raydl.errors import SpecError
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class _Section(BaseModel):
@@ -179,6 +182,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as e:
         raise SpecError(f"bad override {text!r}: value is not valid YAML ({e.problem})") from None
+    if isinstance(value, str) and _FLOAT.fullmatch(value):
+        value = float(value)  # YAML 1.1 reads 3e-3 (no dot) as a string
     return key.split("."), value
 
 

@@ -1,0 +1,91 @@
+"""Data preparation: sources, the seeded split, standardisation on train only, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+
+from raydl.data import prepare, split_indices
+from raydl.datasets import DATASETS
+from raydl.errors import DataError
+from raydl.spec import DataSpec
+
+
+def test_split_is_seeded_disjoint_and_covers_everything():
+    a = split_indices(1000, (0.6, 0.2, 0.2), seed=5)
+    b = split_indices(1000, (0.6, 0.2, 0.2), seed=5)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert [len(x) for x in a] == [600, 200, 200]
+    assert sorted(np.concatenate(a).tolist()) == list(range(1000))
+    assert not np.array_equal(a[0], split_indices(1000, (0.6, 0.2, 0.2), seed=6)[0])
+
+
+def test_standardisation_is_fitted_on_train_only():
+    p = prepare(DataSpec(source="wine"))
+    assert np.allclose(p.train.X.mean(axis=0), 0, atol=1e-5)
+    assert np.allclose(p.train.X.std(axis=0), 1, atol=1e-3)
+    assert not np.allclose(p.val.X.mean(axis=0), 0, atol=1e-3)
+    assert p.prep.task == "classification" and p.prep.n_outputs == 3
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_builtins_load_offline(name):
+    p = prepare(DataSpec(source=name))
+    assert len(p.train) + len(p.val) + len(p.test) > 100
+    assert p.train.X.dtype == np.float32 and np.isfinite(p.train.X).all()
+
+
+def test_xor_labels_follow_the_sign_rule():
+    table = DATASETS.get("xor").load(DataSpec(source="xor", n_samples=500))
+    x1, x2, y = (table.column(c).to_numpy() for c in ("x1", "x2", "label"))
+    assert np.array_equal(y, (x1 * x2 > 0).astype(int))
+
+
+def test_parquet_and_csv_files_and_directories(tmp_path):
+    rng = np.random.default_rng(0)
+    t = pa.table({"a": rng.normal(size=200), "b": rng.integers(0, 5, 200), "y": rng.normal(size=200)})
+    pq.write_table(t, tmp_path / "d.parquet")
+    (tmp_path / "dir").mkdir()
+    pq.write_table(t.slice(0, 100), tmp_path / "dir" / "p0.parquet")
+    pq.write_table(t.slice(100), tmp_path / "dir" / "p1.parquet")
+    pcsv.write_csv(t, tmp_path / "d.csv")
+    for src in ("d.parquet", "dir", "d.csv"):
+        p = prepare(DataSpec(source=str(tmp_path / src), label="y"))
+        assert p.prep.task == "regression" and p.prep.features == ["a", "b"]
+        assert len(p.train) == 120
+
+
+def test_string_labels_become_classes(tmp_path):
+    t = pa.table({"f": np.arange(50.0), "kind": ["cat", "dog"] * 25})
+    pq.write_table(t, tmp_path / "s.parquet")
+    p = prepare(DataSpec(source=str(tmp_path / "s.parquet"), label="kind"))
+    assert p.prep.classes == ["cat", "dog"] and p.train.y.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    "table, label, match",
+    [
+        (pa.table({"f": [1.0, np.nan, 2.0] * 10, "y": [0, 1, 0] * 10}), "y", "NaN"),
+        (pa.table({"f": [1.0, np.inf, 2.0] * 10, "y": [0, 1, 0] * 10}), "y", "infinite"),
+        (pa.table({"f": ["a", "b", "c"] * 10, "y": [0, 1, 0] * 10}), "y", "must be numeric"),
+        (pa.table({"f": [1.0, 2.0] * 10, "y": [0, 1] * 10}), "target", "not in the data"),
+        (pa.table({"f": pa.array([], pa.float64()), "y": pa.array([], pa.int64())}), "y", "no rows"),
+    ],
+)
+def test_bad_data_is_one_clear_error(tmp_path, table, label, match):
+    pq.write_table(table, tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=match):
+        prepare(DataSpec(source=str(tmp_path / "bad.parquet"), label=label))
+
+
+def test_missing_path_names_the_builtins():
+    with pytest.raises(DataError, match="no file or directory at .*built-in dataset: .*digits"):
+        prepare(DataSpec(source="/no/such/file.parquet"))
+
+
+def test_fewer_rows_than_workers():
+    with pytest.raises(DataError, match="fewer than the 64 worker"):
+        prepare(DataSpec(source="xor", n_samples=50), min_train_rows=64)
