@@ -147,7 +147,8 @@ def iter_batches(
         return
     ds = open_dataset(path)
     try:
-        yield from ds.to_batches(columns=columns, batch_size=batch_rows, use_threads=True)
+        yield from ds.to_batches(columns=columns, batch_size=batch_rows, use_threads=True,
+                                 batch_readahead=2, fragment_readahead=1)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"cannot read data at {str(path)!r}: {e}") from None
 

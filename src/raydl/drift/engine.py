@@ -102,8 +102,8 @@ def run(
     schema = dd.schema_of(path)
     empty = partial_fn(schema.empty_table().select(columns))
     if engine == "local":
-        parts = (partial_fn(b) for b in dd.iter_batches(path, columns, batch_rows))
-        return reduce(merge, parts, empty)
+        return reduce(merge, _threaded(partial_fn, dd.iter_batches(path, columns, batch_rows)),
+                      empty)
     if engine != "ray":
         raise DriftError(f"unknown engine {engine!r} (allowed: local, ray)")
     import ray
@@ -115,6 +115,26 @@ def run(
     ds = ds.map_batches(_Pickled(partial_fn), batch_format="pyarrow", batch_size=batch_rows)
     states = [pickle.loads(b) for b in _collect(ds)]
     return reduce(merge, states, empty)
+
+
+def _threaded(fn: Callable[[Any], Any], batches: Iterator[Any], workers: int | None = None):
+    """Apply ``fn`` to batches on a few threads (numpy releases the GIL), in order, with at
+    most ``2 * workers`` batches in flight so memory stays O(batch)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = workers or min(os.cpu_count() or 1, 8)
+    if workers == 1:
+        yield from map(fn, batches)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for b in batches:
+            pending.append(pool.submit(fn, b))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _collect(ds) -> list[bytes]:
