@@ -22,6 +22,8 @@ Variants (``--variant``):
       ``streaming_split``); the loop takes its first step on the first batch
   e   as a but with only ``include_dashboard=False`` (isolates the dashboard)
   f   as b but without the Train env knobs (isolates them)
+  g   as f + 8 prestarted Python workers and Train metrics off (helper actors reuse
+      idle workers instead of spawning processes)
 
 Usage:
   python bench/startup_probe.py study --repeats 3 [--variants a,b,c,d] [--write-results]
@@ -64,6 +66,7 @@ VARIANT_ENV = {
     "d": {**CORE_KNOBS, **TRAIN_KNOBS},
     "e": {},
     "f": {**CORE_KNOBS},
+    "g": {**CORE_KNOBS, "RAY_num_prestart_python_workers": "8", "RAY_TRAIN_METRICS_ENABLED": "0"},
 }
 VARIANT_DESC = {
     "a": "plain `ray.init()` (dashboard on, defaults)",
@@ -72,6 +75,7 @@ VARIANT_DESC = {
     "d": "as b + `datasets={'train': digits}` (Ray Data streaming_split)",
     "e": "plain `ray.init(include_dashboard=False)` only",
     "f": "as b without the RAY_TRAIN_* knobs",
+    "g": "as f + `RAY_num_prestart_python_workers=8`, `RAY_TRAIN_METRICS_ENABLED=0`",
 }
 
 # Phases reported in the table: (label, start key, end key).
@@ -176,6 +180,7 @@ def run_once(variant: str, address: str | None, steps: int) -> dict:
     if not ts["launch"]:
         ts["launch"] = _psutil().Process().create_time()
     ts["interp_start"] = _INTERP_START
+    ts["load1_at_start"] = os.getloadavg()[0]
     import ray
 
     ts["import_ray"] = time.time()
@@ -185,7 +190,7 @@ def run_once(variant: str, address: str | None, steps: int) -> dict:
         ray.init(include_dashboard=False)
     elif variant == "c":
         ray.init(address=address, log_to_driver=False)
-    else:  # b, d, f
+    else:  # b, d, f, g
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ts["ray_init"] = time.time()
     import ray.train
@@ -222,6 +227,8 @@ def run_once(variant: str, address: str | None, steps: int) -> dict:
     ts["fit_call"] = time.time()
     trainer.fit()
     ts["fit_return"] = time.time()
+    if os.environ.get("PROBE_TIMELINE"):
+        ts["timeline"] = _timeline_summary(ray.timeline())
     ray.shutdown()
     ts["shutdown"] = time.time()
     ranks = [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("rank*.json"))]
@@ -234,6 +241,22 @@ def run_once(variant: str, address: str | None, steps: int) -> dict:
         ts[k] = max(r[k] for r in ranks)
     ts["worker_proc_create"] = max(r["proc_create"] for r in ranks)
     return ts
+
+
+def _timeline_summary(events: list) -> list:
+    """First occurrence of each task/actor-method span in Ray's timeline: (name, start, end)."""
+    first: dict[str, tuple[float, float]] = {}
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        start = e["ts"] / 1e6
+        end = start + e.get("dur", 0) / 1e6
+        name = e.get("cat") or e["name"]
+        if not name.startswith("task::"):
+            continue
+        if name not in first or start < first[name][0]:
+            first[name] = (start, end)
+    return sorted(([n, a, b] for n, (a, b) in first.items()), key=lambda x: x[1])
 
 
 _INTERP_START = time.time()
@@ -258,13 +281,21 @@ class LocalHead:
     def __enter__(self) -> LocalHead:
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         t0 = time.time()
+        try:
+            self._start(env)
+        except BaseException:
+            self.__exit__(None, None, None)  # never leave a half-started head behind
+            raise
+        self.start_s = time.time() - t0
+        return self
+
+    def _start(self, env: dict) -> None:
         subprocess.run(
             [sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
              f"--temp-dir={self.temp_dir}", f"--port={self.port}", "--num-cpus=2",
              "--include-dashboard=false", "--disable-usage-stats"],
             env=env, check=True, capture_output=True, text=True,
         )
-        self.start_s = time.time() - t0
         ip = socket.gethostbyname(socket.gethostname())
         self.address = f"{ip}:{self.port}"
         # Check which address GCS actually bound to.
@@ -275,7 +306,6 @@ class LocalHead:
                     break
             except OSError:
                 continue
-        return self
 
     def pids(self) -> list[int]:
         psutil = _psutil()
@@ -392,6 +422,10 @@ def render(results: dict, torchrun: list[float], head_start: float | None, note:
     lines.append("")
     lines.append("| phase | " + " | ".join(variants) + " |")
     lines.append("|---|" + "---:|" * len(variants))
+    loads = [[r["load1_at_start"] for r in results[v] if "load1_at_start" in r] for v in variants]
+    if any(loads):
+        lines.append("| load average at launch (1 min) | " + " | ".join(
+            f"{statistics.median(x):.1f}" if x else "-" for x in loads) + " |")
     for label, a, b in PHASES:
         cells = []
         for v in variants:
@@ -457,7 +491,9 @@ def study(args: argparse.Namespace) -> None:
             head.__exit__(None, None, None)
     tr = torchrun_first_step(args.repeats) if args.torchrun else []
     if args.raw:
-        Path(args.raw).write_text(json.dumps({"runs": raw, "torchrun": tr}, indent=1))
+        Path(args.raw).write_text(
+            json.dumps({"runs": raw, "torchrun": tr, "head_start_s": head_start}, indent=1)
+        )
     load = os.getloadavg()
     note = (
         f"Load average before/after: {args._load0[0]:.2f} / {load[0]:.2f} "
@@ -467,6 +503,134 @@ def study(args: argparse.Namespace) -> None:
     print(body)
     if args.write_results:
         write_section(RESULTS, SECTION, body + args.extra_md)
+
+
+# --------------------------------------------------------------------------- loop profile
+def _loop_profile_fn(config: dict) -> None:
+    """Per-epoch cost of feeding a tiny epoch through Ray Data vs in-memory tensors."""
+    import numpy as np
+    import ray.train
+    import ray.train.torch
+    import torch
+    from torch import nn
+
+    rank = ray.train.get_context().get_world_rank()
+    world = ray.train.get_context().get_world_size()
+    torch.manual_seed(0)
+    model = ray.train.torch.prepare_model(nn.Sequential(
+        nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    bs, epochs = config["batch_size"], config["epochs"]
+    shard = ray.train.get_dataset_shard("train")
+
+    def step(x, y, clip=False, item=False):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        if clip:  # what raydl's loop does every step
+            n = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+            bool(torch.isfinite(n))
+        opt.step()
+        if item:
+            loss.item()
+
+    out = {}
+
+    def run(name, make_iter, **kw):
+        rates, firsts, fetch, compute = [], [], 0.0, 0.0
+        for ep in range(epochs):
+            t0 = time.perf_counter()
+            it = iter(make_iter(ep))
+            n, first = 0, None
+            while True:
+                tf = time.perf_counter()
+                try:
+                    b = next(it)
+                except StopIteration:
+                    break
+                tc = time.perf_counter()
+                fetch += tc - tf
+                x, y = (b["x"], b["y"]) if isinstance(b, dict) else b
+                step(x, y, **kw)
+                compute += time.perf_counter() - tc
+                n += len(y)
+                if first is None:
+                    first = time.perf_counter() - t0
+            rates.append(n * world / (time.perf_counter() - t0))
+            firsts.append(first)
+        steady = rates[1:]
+        out[name] = {
+            "samples_per_sec": float(np.median(steady)),
+            "first_batch_ms": 1000 * float(np.median(firsts[1:])),
+            "fetch_s": fetch, "compute_s": compute,
+        }
+
+    def ray_iter(**kw):
+        return lambda ep: shard.iter_torch_batches(batch_size=bs, **kw)
+
+    run("iter_torch_batches (default prefetch=1)", ray_iter())
+    run("iter_torch_batches + local shuffle (raydl)",
+        lambda ep: shard.iter_torch_batches(batch_size=bs, local_shuffle_buffer_size=4 * bs,
+                                            local_shuffle_seed=ep * 1009 + rank))
+    run("as raydl + clip_grad_norm_(inf) + loss.item()",
+        lambda ep: shard.iter_torch_batches(batch_size=bs, local_shuffle_buffer_size=4 * bs,
+                                            local_shuffle_seed=ep * 1009 + rank),
+        clip=True, item=True)
+    run("iter_torch_batches prefetch_batches=0", ray_iter(prefetch_batches=0))
+    run("iter_torch_batches prefetch_batches=4", ray_iter(prefetch_batches=4))
+    # Materialise the shard once (one pass through Ray Data), then batch from tensors.
+    t0 = time.perf_counter()
+    rows = list(shard.iter_torch_batches(batch_size=100_000))
+    X = torch.cat([r["x"] for r in rows])
+    Y = torch.cat([r["y"] for r in rows])
+    mat_s = time.perf_counter() - t0
+
+    def tensor_iter(ep):
+        g = torch.Generator().manual_seed(ep * 1009 + rank)
+        perm = torch.randperm(len(Y), generator=g)
+        return ((X[perm[i:i + bs]], Y[perm[i:i + bs]]) for i in range(0, len(Y), bs))
+
+    run("shard materialised once -> in-memory tensors (shuffled)", tensor_iter)
+    run("in-memory tensors + clip_grad_norm_(inf) + loss.item()", tensor_iter, clip=True, item=True)
+    out["_materialise_s"] = mat_s
+    if rank == 0:
+        Path(config["out"]).write_text(json.dumps(out))
+
+
+def loop_profile(args: argparse.Namespace) -> None:
+    """TorchTrainer, 2 workers, digits train split (1078 rows) via ``datasets=``."""
+    import numpy as np
+    import pyarrow as pa
+    import ray
+    import ray.data
+    import ray.train
+    import ray.train.torch
+    from ray.data.extensions import ArrowTensorArray
+    from sklearn.datasets import load_digits
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    x, y = load_digits(return_X_y=True)
+    perm = np.random.default_rng(0).permutation(len(y))[: int(round(0.6 * len(y)))]
+    x = ((x - x[perm].mean(0)) / np.where(x[perm].std(0) == 0, 1, x[perm].std(0))).astype(np.float32)
+    xs, ys = x[perm], y[perm].astype(np.int64)
+    b = np.linspace(0, len(ys), 5, dtype=int)  # 4 blocks, as raydl's to_ray_dataset(2 * workers)
+    ds = ray.data.from_arrow([
+        pa.table({"x": ArrowTensorArray.from_numpy(xs[i:j]), "y": ys[i:j]})
+        for i, j in zip(b[:-1], b[1:])
+    ])
+    out = tempfile.mktemp(suffix=".json")
+    ray.train.torch.TorchTrainer(
+        _loop_profile_fn,
+        train_loop_config={"batch_size": 64, "epochs": args.epochs, "out": out},
+        scaling_config=ray.train.ScalingConfig(num_workers=2),
+        run_config=ray.train.RunConfig(name="loop-profile",
+                                       storage_path=tempfile.mkdtemp(prefix="probe-storage-")),
+        datasets={"train": ds},
+    ).fit()
+    ray.shutdown()
+    res = json.loads(Path(out).read_text())
+    print(json.dumps(res, indent=1))
 
 
 def main() -> None:
@@ -484,8 +648,28 @@ def main() -> None:
     s.add_argument("--write-results", action="store_true")
     s.add_argument("--raw", help="write raw timestamps JSON here")
     s.add_argument("--extra-md", default="", help=argparse.SUPPRESS)
+    rp = sub.add_parser("report", help="re-render the section from a --raw file")
+    rp.add_argument("raw")
+    rp.add_argument("--write-results", action="store_true")
+    rp.add_argument("--note", default="")
+    rp.add_argument("--extra-md-file")
+    lp = sub.add_parser("loop", help="profile the per-epoch data feeding in the worker loop")
+    lp.add_argument("--epochs", type=int, default=30)
     args = ap.parse_args()
-    if args.cmd == "run":
+    if args.cmd == "loop":
+        loop_profile(args)
+    elif args.cmd == "report":
+        raw = json.loads(Path(args.raw).read_text())
+        results: dict[str, list[dict]] = {}
+        for rec in raw["runs"]:
+            results.setdefault(rec["variant"], []).append(rec)
+        body = render(results, raw.get("torchrun", []), raw.get("head_start_s"), args.note)
+        if args.extra_md_file:
+            body += "\n" + Path(args.extra_md_file).read_text()
+        print(body)
+        if args.write_results:
+            write_section(RESULTS, SECTION, body)
+    elif args.cmd == "run":
         rec = run_once(args.variant, args.address, args.steps)
         print(json.dumps(rec))
     else:

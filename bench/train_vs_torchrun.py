@@ -75,8 +75,9 @@ def _run(cmd: list[str], env: dict, ts_var: str, timeout: float) -> dict:
 
 def raydl_cmd(i: int, epochs: int, address: str | None) -> list[str]:
     exe = shutil.which("raydl") or str(Path(sys.executable).with_name("raydl"))
-    cmd = [exe, "train", str(SPEC.relative_to(ROOT)), "--restart", "--json",
-           f"run.name=bench-{i}", f"training.epochs={epochs}"]
+    # overrides right after the spec: argparse will not take positionals after the flags
+    cmd = [exe, "train", str(SPEC.relative_to(ROOT)), f"run.name=bench-{i}",
+           f"training.epochs={epochs}", "--restart", "--json"]
     if address:
         cmd += ["--address", address]
     return cmd
