@@ -153,8 +153,9 @@ def prepare(spec: DataSpec, min_train_rows: int = 1) -> Prepared:
     if len(va) == 0:
         raise DataError(f"data.split: the validation split is empty ({len(y)} rows in all); add data or raise data.split.val")
     if spec.standardize:
-        mean = X[tr].mean(axis=0)
-        std = X[tr].std(axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught below, as non-finite input
+            mean = X[tr].mean(axis=0)
+            std = X[tr].std(axis=0)
         std[std == 0] = 1.0
     else:
         mean, std = np.zeros(X.shape[1]), np.ones(X.shape[1])
@@ -162,7 +163,14 @@ def prepare(spec: DataSpec, min_train_rows: int = 1) -> Prepared:
     prep = Preprocessing(features, label, task, classes, mean.tolist(), std.tolist(), image_shape)
 
     def part(idx: np.ndarray) -> Split:
-        return Split(prep.transform(X[idx]), y[idx])
+        with np.errstate(over="ignore", invalid="ignore"):
+            Xs = prep.transform(X[idx])
+        bad = ~np.isfinite(Xs)
+        if bad.any():  # finite in float64, but not as float32 model input (|x| > 3.4e38)
+            col = features[int(np.argwhere(bad)[0][1])]
+            raise DataError(f"data.features: column {col!r} has values too large for float32 model input; rescale the column"
+                            + ("" if spec.standardize else " or set data.standardize: true"))
+        return Split(Xs, y[idx])
 
     return Prepared(part(tr), part(va), part(te), prep, fingerprint(X, y), table.select(features).take(tr))
 
