@@ -215,6 +215,16 @@ def test_non_finite_feature(capsys, tmp_path, bad):
                   "data.features", "'b'", "row 7")
 
 
+@pytest.mark.parametrize(("value", "standardize"), [(1e39, "false"), (1.7e308, "true")])
+def test_feature_too_large_for_float32(capsys, tmp_path, value, standardize):
+    # Finite as float64, but inf as the model's float32 input (or the standardisation overflows).
+    cols = good_columns()
+    cols["a"][:2] = value
+    f = table_file(tmp_path, cols)
+    fails_cleanly(capsys, tmp_path, ["train", str(write_spec(tmp_path, source=str(f), label="y", standardize=standardize))],
+                  "data.features", "'a'", "too large")
+
+
 def test_non_finite_feature_in_csv(capsys, tmp_path):
     f = tmp_path / "data.csv"
     f.write_text("a,b,y\n" + "".join(f"{i},{'inf' if i == 3 else i * 2},{i % 2}\n" for i in range(20)))
