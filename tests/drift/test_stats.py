@@ -93,3 +93,35 @@ def test_exceedance_p_is_calibrated_and_monotone() -> None:
     assert stats.exceedance_p(0, 1000, 0.01, 400) == pytest.approx(1.0)
     assert stats.exceedance_p(10, 1000, 0.01, 400) > 0.3  # exactly the expected share
     assert stats.exceedance_p(60, 1000, 0.01, 400) < stats.exceedance_p(30, 1000, 0.01, 400)
+
+
+def test_fit_pca_matches_sklearn() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(800, 8)) @ rng.normal(size=(8, 8))
+    for share in (0.5, 0.8, 0.95):
+        pca = PCA(n_components=share, svd_solver="full").fit(x)
+        comps, center, ratio = stats.fit_pca(x, share)
+        assert comps.shape == pca.components_.shape
+        np.testing.assert_allclose(ratio, pca.explained_variance_ratio_, atol=1e-10)
+        z = rng.normal(size=(50, 8))
+        np.testing.assert_allclose(
+            stats.reconstruction_errors(z, comps, center),
+            np.linalg.norm(z - pca.inverse_transform(pca.transform(z)), axis=1), atol=1e-6)
+
+
+def test_betabinom_sf_matches_scipy() -> None:
+    from scipy.stats import betabinom
+
+    for k, n, a, b in [(5, 100, 2, 30), (60, 1000, 4, 397), (0, 10, 1, 1), (11, 10, 1, 1),
+                       (3000, 200000, 10, 990)]:
+        assert stats.betabinom_sf(k, n, a, b) == pytest.approx(
+            float(betabinom.sf(k - 1, n, a, b)), rel=1e-5, abs=1e-300)
+
+
+def test_gamma_tail_matches_scipy_gamma() -> None:
+    from scipy.stats import gamma
+
+    v = np.random.default_rng(0).gamma(3.0, 0.01, size=5000)
+    m, var = v.mean(), v.var(ddof=1)
+    assert stats.upper_quantile(v, 0.001) == pytest.approx(
+        gamma.ppf(0.999, m * m / var, scale=var / m), rel=1e-9)

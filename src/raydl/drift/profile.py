@@ -177,8 +177,6 @@ def load_profile(path: str | os.PathLike) -> Profile:
 
 def _fit_pca(sample: np.ndarray, names: list[str], mean, scale, s: ProfileSettings) -> dict | None:
     """PCA on the fit part of the sample, held-out reconstruction-error distribution."""
-    from sklearn.decomposition import PCA
-
     n = len(sample)
     n_hold = int(round(n * s.holdout_share))
     if len(names) < 2 or n_hold < 20 or n - n_hold < len(names) + 1:
@@ -187,17 +185,17 @@ def _fit_pca(sample: np.ndarray, names: list[str], mean, scale, s: ProfileSettin
     order = rng.permutation(n)
     z = standardise(sample, mean, scale)
     fit, hold = z[order[n_hold:]], z[order[:n_hold]]
-    pca = PCA(n_components=s.variance_share, svd_solver="full").fit(fit)
-    err = stats.reconstruction_errors(hold, pca.components_, pca.mean_)
+    components, center, ratio = stats.fit_pca(fit, s.variance_share)
+    err = stats.reconstruction_errors(hold, components, center)
     edges = stats.quantile_edges(err, s.score_bins)
     counts, _ = stats.histogram(err, edges)
     return {
         "features": names,
         "mean": mean.tolist(),
         "scale": scale.tolist(),
-        "center": pca.mean_.tolist(),
-        "components": pca.components_.tolist(),
-        "explained_variance_ratio": pca.explained_variance_ratio_.tolist(),
+        "center": center.tolist(),
+        "components": components.tolist(),
+        "explained_variance_ratio": ratio.tolist(),
         "n_fit": int(len(fit)),
         "n_holdout": int(n_hold),
         "percentile": s.percentile,

@@ -65,6 +65,17 @@ def n_numeric_bins(edges: np.ndarray) -> int:
     return max(len(edges) - 1, 1) + 2
 
 
+def _search_edges(edges: np.ndarray) -> np.ndarray:
+    """Edges for one right-sided searchsorted that yields ``bin_index``'s bins directly:
+    the top edge is nudged up one ulp (the maximum joins the last interior bin), and a
+    single edge c becomes [c, c+ulp] (under / exactly c / over)."""
+    e = np.array(edges, dtype=np.float64)
+    if len(e) == 1:
+        e = np.r_[e, e]
+    e[-1] = np.nextafter(e[-1], np.inf)
+    return e
+
+
 def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Bin of each value: 0 = below edges[0], last = above edges[-1], interior [e_i, e_i+1).
 
@@ -72,21 +83,19 @@ def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     With a single edge (constant reference feature) the interior bin holds exactly that value.
     NaNs must be removed by the caller.
     """
-    x = np.asarray(values, dtype=np.float64)
-    m = len(edges)
-    idx = np.searchsorted(edges, x, side="right")
-    top = edges[-1]
-    idx[x == top] = m - 1 if m >= 2 else 1
-    idx[x > top] = n_numeric_bins(edges) - 1
-    return idx
+    return np.searchsorted(_search_edges(edges), np.asarray(values, dtype=np.float64), "right")
 
 
 def histogram(values: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, int]:
     """Counts per bin (see ``bin_index``) and the number of NaNs skipped."""
     x = np.asarray(values, dtype=np.float64)
+    nb = n_numeric_bins(edges)
+    idx = np.searchsorted(_search_edges(edges), x, "right")
     nan = np.isnan(x)
-    counts = np.bincount(bin_index(x[~nan], edges), minlength=n_numeric_bins(edges))
-    return counts.astype(np.int64), int(nan.sum())
+    if nan.any():
+        idx[nan] = nb  # NaN sorts last; count it in a spill bin and drop it
+    counts = np.bincount(idx, minlength=nb + 1)
+    return counts[:nb].astype(np.int64), int(counts[nb])
 
 
 def reconstruction_errors(
@@ -100,6 +109,20 @@ def reconstruction_errors(
     zc = np.asarray(z, dtype=np.float64) - center
     recon = (zc @ components.T) @ components
     return np.sqrt(np.sum((zc - recon) ** 2, axis=1))
+
+
+def fit_pca(x: np.ndarray, variance_share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(components [k, d], center [d], explained-variance ratios [k]) of ``x``.
+
+    k is the fewest components whose cumulative explained variance exceeds
+    ``variance_share`` (scikit-learn's rule for ``PCA(n_components=share)``).
+    """
+    center = x.mean(axis=0)
+    _, s, vt = np.linalg.svd(x - center, full_matrices=False)
+    var = s**2 / max(len(x) - 1, 1)
+    ratio = var / var.sum() if var.sum() > 0 else np.zeros_like(var)
+    k = min(int(np.searchsorted(np.cumsum(ratio), variance_share, side="right")) + 1, len(s))
+    return vt[:k], center, ratio[:k]
 
 
 def bootstrap_null(
@@ -130,13 +153,13 @@ def upper_quantile(null: np.ndarray, alpha: float) -> float:
     Divergences of two i.i.d. histograms are close to a scaled chi-square, i.e. a gamma;
     the fit reads small tail probabilities (alpha / n_tests) from a thousand draws.
     """
-    from scipy.stats import gamma
+    from scipy.special import gammaincinv
 
     v = np.asarray(null, dtype=np.float64)
     mean, var = float(v.mean()), float(v.var(ddof=1))
     if mean <= 0 or var <= 0:
         return float(v.max())
-    return float(gamma.ppf(1.0 - alpha, mean * mean / var, scale=var / mean))
+    return float(gammaincinv(mean * mean / var, 1.0 - alpha) * (var / mean))
 
 
 def normal_upper_p(z: float) -> float:
@@ -159,7 +182,20 @@ def exceedance_p(n_above: int, n_cur: int, expected: float, n_ref: int) -> float
     beyond it, so its true exceedance probability is Beta(j, n_ref - j + 1) and the count of
     current rows beyond it is beta-binomial: exact, however small ``n_ref`` is.
     """
-    from scipy.stats import betabinom
-
     j = min(max(round(expected * n_ref), 1), max(n_ref, 1))
-    return float(betabinom.sf(n_above - 1, max(n_cur, 1), j, max(n_ref - j + 1, 1)))
+    return betabinom_sf(n_above, max(n_cur, 1), j, max(n_ref - j + 1, 1))
+
+
+def betabinom_sf(k: int, n: int, a: float, b: float) -> float:
+    """P(X >= k) for X ~ BetaBinomial(n, a, b), summed in log space."""
+    from scipy.special import betaln, gammaln
+
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    ks = np.arange(k, n + 1, dtype=np.float64)
+    logp = (gammaln(n + 1) - gammaln(ks + 1) - gammaln(n - ks + 1)
+            + betaln(ks + a, n - ks + b) - betaln(a, b))
+    top = logp.max()
+    return float(min(1.0, np.exp(top) * np.exp(logp - top).sum()))
