@@ -419,7 +419,8 @@ def render(results: dict, torchrun: list[float], head_start: float | None, note:
     lines.append("Variants:")
     for v in variants:
         lines.append(f"- **{v}** ({len(results[v])} runs): {VARIANT_DESC[v]}")
-    lines.append("")
+    knobs = ", ".join(f"`{k}={v}`" for k, v in {**CORE_KNOBS, **TRAIN_KNOBS}.items())
+    lines += ["", f"Env knobs of b, c, d: {knobs}.", ""]
     lines.append("| phase | " + " | ".join(variants) + " |")
     lines.append("|---|" + "---:|" * len(variants))
     loads = [[r["load1_at_start"] for r in results[v] if "load1_at_start" in r] for v in variants]

@@ -139,7 +139,8 @@ def render(args, res: dict, mach: dict, loads: tuple, reproduce: str) -> str:
     L += ["", f"Reproduce: `{reproduce}`", ""]
     L.append(
         f"Job: sklearn digits (1078 train rows), MLP 64-128-64-10 ReLU, Adam 1e-3, per-worker batch 64, "
-        f"2 workers (DDP, gloo, CPU), {args.epochs} epochs; raydl {where}. {args.runs} runs each, "
+        f"2 workers (DDP, gloo, CPU), {args.epochs} epochs (raydl) / {args.torchrun_epochs or args.epochs} "
+        f"epochs (torchrun); raydl {where}. {args.runs} runs each, "
         "alternating; medians. samples/s = median over epochs 2..N of the per-epoch global training "
         "samples/s; time to first step from the `Popen` timestamp; wall = launch to exit."
     )
@@ -167,6 +168,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=400,
                     help="epochs for both sides (digits is tiny; ~400 gives >= 15 s of timed training)")
+    ap.add_argument("--torchrun-epochs", type=int,
+                    help="epochs for torchrun if different (samples/s is a per-epoch median, so it does "
+                         "not depend on the epoch count; raydl's per-epoch overhead makes long runs slow)")
     ap.add_argument("--raydl-address", help="run raydl against this running Ray cluster (--address)")
     ap.add_argument("--start-head", action="store_true",
                     help="start a local head (own temp dir/port) for raydl, stop it after")
@@ -196,7 +200,8 @@ def main() -> None:
                 if side == "raydl":
                     r = _run(raydl_cmd(i, args.epochs, address), env, "RAYDL_LAUNCH_TS", args.timeout)
                 else:
-                    r = _run(torchrun_cmd(args.epochs), env, "BENCH_LAUNCH_TS", args.timeout)
+                    r = _run(torchrun_cmd(args.torchrun_epochs or args.epochs), env, "BENCH_LAUNCH_TS",
+                             args.timeout)
                 res[side].append(r)
                 print(f"[{i}] {side}: {json.dumps(r)}", file=sys.stderr, flush=True)
     finally:
