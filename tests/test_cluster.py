@@ -59,9 +59,13 @@ def test_address_flag_runs_on_both_nodes(cluster, tmp_path):
     assert used == set(cluster.raylets()), f"training workers per node: {seen}"
 
 
-def fails_fast(args: list[str], env: dict[str, str], *words: str) -> str:
+def fails_fast(cluster, args: list[str], env: dict[str, str], *words: str) -> str:
     t0 = time.monotonic()
     run = Raydl(args, env=env)
+    trainers: set[int] = set()
+    while run.proc.poll() is None:  # the check must come before any Ray Train actor is started
+        trainers.update(p for n in ("TrainController", "RayTrainWorker") for ps in cluster.worker_pids(n).values() for p in ps)
+        time.sleep(0.2)
     rc = run.finish(120)
     took = time.monotonic() - t0
     assert rc == 2, run.stderr[-3000:]
@@ -71,8 +75,10 @@ def fails_fast(args: list[str], env: dict[str, str], *words: str) -> str:
     assert len(errors) == 1, run.stderr
     for w in ("scaling", *words):
         assert w in errors[0], f"{w!r} not in {errors[0]!r}"
-    # Ray itself would wait 60 s for the resources before failing with a generic error.
-    assert took < 50, f"took {took:.0f} s"
+    # Ray itself would start a controller, wait 60 s for the resources, then fail with a generic
+    # error. (Wall time here is mostly the CLI's imports and connecting, slow on a loaded machine.)
+    assert not trainers, f"Ray Train actors were started: {trainers}"
+    assert took < 90, f"took {took:.0f} s"
     return errors[0]
 
 
@@ -87,7 +93,7 @@ def fails_fast(args: list[str], env: dict[str, str], *words: str) -> str:
 def test_more_than_the_cluster_has_fails_at_once(cluster, tmp_path, overrides, words):
     args = ["train", DIGITS, f"run.storage_path={tmp_path / 'runs'}", "tracking=none", *overrides,
             "--address", cluster.address, "--json"]
-    fails_fast(args, ray_env(), *words)
+    fails_fast(cluster, args, ray_env(), *words)
     assert not (tmp_path / "runs" / "digits-mlp" / "model").exists()
 
 
@@ -95,4 +101,4 @@ def test_ray_address_env_picks_the_cluster(cluster, tmp_path):
     # Only our cluster has TEST_RESOURCE (1 per node): its count in the message proves where we connected.
     args = ["train", DIGITS, f"run.storage_path={tmp_path / 'runs'}", "tracking=none", "scaling.num_workers=3",
             f"scaling.resources_per_worker={{{TEST_RESOURCE}: 1}}"]
-    fails_fast(args, ray_env(RAY_ADDRESS=cluster.address), f"{TEST_RESOURCE}: 3 asked", "2 in the cluster")
+    fails_fast(cluster, args, ray_env(RAY_ADDRESS=cluster.address), f"{TEST_RESOURCE}: 3 asked", "2 in the cluster")
