@@ -147,8 +147,13 @@ def iter_batches(
         return
     ds = open_dataset(path)
     try:
+        opts = None
+        if isinstance(ds.format, pads.ParquetFileFormat):
+            # no pre-buffering: it held whole files in memory (408 vs 239 MB RSS at 1M rows)
+            opts = pads.ParquetFragmentScanOptions(pre_buffer=False)
         yield from ds.to_batches(columns=columns, batch_size=batch_rows, use_threads=True,
-                                 batch_readahead=2, fragment_readahead=1)
+                                 batch_readahead=1, fragment_readahead=1,
+                                 fragment_scan_options=opts)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"cannot read data at {str(path)!r}: {e}") from None
 

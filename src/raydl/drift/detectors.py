@@ -3,7 +3,8 @@
 The statistics come from ``stats``; counting runs through ``engine`` (local or Ray).
 Every verdict is a one-sided test at ``alpha / n_tests`` (Bonferroni over all features and
 checks), so an i.i.d. current sample alarms at most ``alpha`` of the time overall when
-thresholds are calibrated. ``threshold="fixed"`` uses fixed cut-offs instead (JS 0.1 bits).
+thresholds are calibrated; a calibrated threshold never falls below ``MIN_EFFECT``.
+``threshold="fixed"`` uses fixed cut-offs instead (JS 0.1 bits).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from raydl.drift.profile import Profile, ProfileSettings, build_profile
 from raydl.errors import UnknownNameError
 
 FIXED_THRESHOLDS = {"js": 0.1, "kl": 0.1, "psi": 0.2}
+# Smallest effect a calibrated verdict reports (JS 0.001 bits; KL and PSI at the same
+# chi-square scale): with a million rows a side the bootstrap threshold falls to ~1e-5 bits,
+# where statistically significant differences are too small to matter.
+MIN_EFFECT = {"js": 1e-3, "kl": 2.8e-3, "psi": 5.5e-3}
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class CheckSettings:
     threshold: str = "calibrated"  # or "fixed"
     method: str = "js"  # the statistic that decides a feature's verdict
     fixed: dict[str, float] = field(default_factory=lambda: dict(FIXED_THRESHOLDS))
+    min_effect: dict[str, float] = field(default_factory=lambda: dict(MIN_EFFECT))
     alpha: float = 0.02  # overall false-alarm rate of an i.i.d. sample (<= 5% asked)
     eps: float = stats.DEFAULT_EPS
     n_draws: int = 4000
@@ -190,7 +196,8 @@ def score_features(
             if null is None:
                 thresholds[k] = float(s.fixed[k])
             else:
-                thresholds[k] = stats.upper_quantile(null[k], s.alpha / n_tests)
+                thresholds[k] = max(stats.upper_quantile(null[k], s.alpha / n_tests),
+                                    s.min_effect[k])
             verdicts[k] = values[k] > thresholds[k]
         verdicts["missing"] = cur_miss - ref_miss > s.max_missing_increase
         drifted = verdicts[s.method] or verdicts["missing"]
