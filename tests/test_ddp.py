@@ -4,12 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from raydl.launch import train
 from raydl.loop import STATE_FILE
+from raydl.sharding import rank_rows
 from raydl.spec import JobSpec
+
+
+@pytest.mark.parametrize("n, world, batch", [(120, 2, 16), (121, 2, 16), (97, 3, 5)])
+def test_global_batches_do_not_depend_on_the_worker_count(n, world, batch):
+    one = rank_rows(n, 0, 1, seed=4, epoch=2, shuffle=True)[: (n // world) * world]
+    parts = [rank_rows(n, r, world, seed=4, epoch=2, shuffle=True) for r in range(world)]
+    assert len({len(p) for p in parts}) == 1  # equal counts: every rank takes the same number of steps
+    assert len(np.intersect1d(parts[0], parts[1])) == 0
+    for t in range(len(parts[0]) // batch + 1):
+        together = np.concatenate([p[t * batch : (t + 1) * batch] for p in parts])
+        assert set(together) == set(one[t * batch * world : (t + 1) * batch * world])
+    assert not np.array_equal(rank_rows(n, 0, world, 4, 3, True), parts[0])  # reshuffled each epoch
 
 
 def _final_weights(storage: str, name: str) -> dict:
@@ -17,30 +31,33 @@ def _final_weights(storage: str, name: str) -> dict:
     return torch.load(latest / STATE_FILE, map_location="cpu", weights_only=False)["model"]
 
 
-def _spec(storage: str, name: str, workers: int, batch: int) -> JobSpec:
-    # 200 XOR rows -> 120 train rows. Each step is a full pass (B = 120 / workers), so both runs
-    # see the same samples in every step whatever order the shards arrive in.
+def _spec(storage: str, name: str, loader: str, workers: int, batch: int) -> JobSpec:
+    # 200 XOR rows -> 120 train rows.
     return JobSpec.model_validate({
         "run": {"name": name, "storage_path": storage},
-        "data": {"source": "xor", "n_samples": 200, "seed": 3},
+        "data": {"source": "xor", "n_samples": 200, "seed": 3, "loader": loader},
         "model": {"name": "mlp", "hidden": [16, 16], "activation": "tanh", "dropout": 0.0, "init": "xavier"},
         "optimizer": {"name": "momentum", "lr": 0.1, "momentum": 0.9},
-        "training": {"epochs": 6, "batch_size": batch, "seed": 7, "shuffle": False},
+        "training": {"epochs": 4, "batch_size": batch, "seed": 7, "shuffle": loader == "in_memory"},
         "scaling": {"num_workers": workers},
         "checkpoint": {"every_n_epochs": 1, "keep_last": 1},
         "tracking": "none",
     })
 
 
+# in_memory: shuffled, 8 steps per epoch, and global batch t holds the same rows for 1 and 2 workers.
+# ray_data: streaming_split gives no order guarantee, so each step is a full pass (B = 120 / workers)
+# and both runs see the same samples in every step whatever order the shards arrive in.
 @pytest.mark.slow
-def test_two_workers_match_one_worker_with_double_batch(ray_local, storage):
-    two = train(_spec(storage, "ddp-2x60", workers=2, batch=60))
-    one = train(_spec(storage, "ddp-1x120", workers=1, batch=120))
-    assert two.metrics["epochs_run"] == one.metrics["epochs_run"] == 6
-    w2, w1 = _final_weights(storage, "ddp-2x60"), _final_weights(storage, "ddp-1x120")
-    assert w2.keys() == w1.keys()
+@pytest.mark.parametrize("loader, batch", [("in_memory", 8), ("ray_data", 60)])
+def test_two_workers_match_one_worker_with_double_batch(ray_local, storage, loader, batch):
+    two = train(_spec(storage, "ddp-2", loader, workers=2, batch=batch))
+    one = train(_spec(storage, "ddp-1", loader, workers=1, batch=2 * batch))
+    assert two.metrics["epochs_run"] == one.metrics["epochs_run"] == 4
     # Training happened (two runs that did nothing would also "match").
     assert one.history[-1]["train_loss"] < one.history[0]["train_loss"] - 0.01
+    w2, w1 = _final_weights(storage, "ddp-2"), _final_weights(storage, "ddp-1")
+    assert w2.keys() == w1.keys()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=0)
     # Per-epoch metrics, reduced over ranks, agree as well.

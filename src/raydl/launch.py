@@ -23,6 +23,7 @@ from raydl.losses import build_loss
 from raydl.model_dir import LoadedModel, manifest, write_json_atomic, write_model_dir
 from raydl.models import build_model
 from raydl.optim import OPTIMIZERS
+from raydl.sharding import choose_loader
 from raydl.spec import JobSpec, spec_to_yaml
 
 log = logging.getLogger("raydl")
@@ -147,6 +148,7 @@ def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
 
 
 def _fit(spec, prepared: Prepared, man: dict, rdir: Path, launch_ts: float, on_epoch) -> TrainResult:
+    import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -162,23 +164,32 @@ def _fit(spec, prepared: Prepared, man: dict, rdir: Path, launch_ts: float, on_e
     resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
     if sc.use_gpu:
         resources["GPU"] = sc.gpus_per_worker
+    loader = choose_loader(spec.data.loader, prepared.train.X.nbytes)
+    config = {
+        "spec": spec.model_dump(mode="json"), "prep": prepared.prep.to_dict(), "n_val": len(prepared.val),
+        "launch_ts": launch_ts, "manifest": man, "run_dir": str(rdir), "progress": queue, "loader": loader,
+    }
+    if loader == "in_memory":
+        config["train_ref"] = ray.put((prepared.train.X, prepared.train.y))
+        config["val_ref"] = ray.put((prepared.val.X, prepared.val.y))
+        datasets, dataset_config = None, None
+    else:
+        datasets = {
+            "train": to_ray_dataset(prepared.train, num_blocks=2 * sc.num_workers),
+            "val": to_ray_dataset(prepared.val, num_blocks=sc.num_workers),
+        }
+        dataset_config = DataConfig(datasets_to_split=["train"])
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "spec": spec.model_dump(mode="json"), "prep": prepared.prep.to_dict(), "n_val": len(prepared.val),
-            "launch_ts": launch_ts, "manifest": man, "run_dir": str(rdir), "progress": queue,
-        },
+        train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=spec.run.name, storage_path=str(rdir.parent),
             failure_config=FailureConfig(max_failures=spec.checkpoint.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep_last),
         ),
-        datasets={
-            "train": to_ray_dataset(prepared.train, num_blocks=2 * sc.num_workers),
-            "val": to_ray_dataset(prepared.val, num_blocks=sc.num_workers),
-        },
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets=datasets,
+        dataset_config=dataset_config,
     )
     try:
         result = trainer.fit()

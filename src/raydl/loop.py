@@ -26,6 +26,7 @@ from raydl.losses import Loss, build_loss
 from raydl.metrics import batch_stats, stats_size, summarize
 from raydl.models import build_model
 from raydl.optim import build_optimizer, build_scheduler, l1_penalty
+from raydl.sharding import InMemoryShards, RayDataShards
 from raydl.spec import JobSpec
 from raydl.tracking import start_tracker
 
@@ -87,6 +88,7 @@ def evaluate_batches(model, batches, loss: Loss, task: str, n_classes: int, devi
 
 
 def train_loop_per_worker(config: dict) -> None:
+    import ray
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
@@ -126,9 +128,10 @@ def train_loop_per_worker(config: dict) -> None:
     ddp_model = ray.train.torch.prepare_model(model)  # moves to device; DDP when world > 1
     params = [p for p in model.parameters() if p.requires_grad]
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_data = ray.train.get_dataset_shard("val")  # not split: each rank takes every world-th batch
-    val_batch = max(1, min(1024, math.ceil(config["n_val"] / world)))
+    if config["loader"] == "in_memory":
+        shards = InMemoryShards(ray.get(config["train_ref"]), ray.get(config["val_ref"]), rank, world, t.seed, t.shuffle)
+    else:
+        shards = RayDataShards(config["n_val"], rank, world, t.seed, t.shuffle)
     tracker = start_tracker(spec, config, rank) if rank == 0 else None
     progress = config.get("progress")
     launch_ts = config["launch_ts"]
@@ -142,13 +145,8 @@ def train_loop_per_worker(config: dict) -> None:
             break
         ddp_model.train()
         t0, steps, local_loss, local_n, micro = time.perf_counter(), 0, 0.0, 0, 0
-        batches = train_shard.iter_torch_batches(
-            batch_size=t.batch_size,
-            local_shuffle_buffer_size=4 * t.batch_size if t.shuffle else None,
-            local_shuffle_seed=(t.seed * 100_003 + epoch * 1_009 + rank) if t.shuffle else None,
-        )
-        for i, batch in enumerate(batches):
-            x, y = batch["x"].to(device), batch["y"].to(device)
+        for i, (x, y) in enumerate(shards.train(epoch, t.batch_size)):
+            x, y = x.to(device), y.to(device)
             micro += 1
             sync = micro == t.grad_accum_steps
             with (nullcontext() if sync or world == 1 else ddp_model.no_sync()), autocast():
@@ -184,11 +182,7 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.step()
 
         train_sums = _all_reduce(np.array([local_loss, local_n, steps]))
-        val = _all_reduce(evaluate_batches(
-            ddp_model,
-            ((b["x"], b["y"]) for j, b in enumerate(val_data.iter_torch_batches(batch_size=val_batch)) if j % world == rank),
-            loss, prep.task, n_classes, device, autocast,
-        ))
+        val = _all_reduce(evaluate_batches(ddp_model, shards.val(), loss, prep.task, n_classes, device, autocast))
         peak = _all_reduce(np.array([_peak_memory_mb(device)]), op="max")[0]
         metrics = {
             "epoch": epoch + 1,

@@ -51,6 +51,7 @@ class DataSpec(_Section):
     split: SplitSpec = SplitSpec()
     seed: int = Field(0, ge=0)
     standardize: bool = True
+    loader: Literal["auto", "in_memory", "ray_data"] = "auto"
     n_samples: int | None = Field(None, ge=1, description="rows for synthetic datasets")
     noise: float | None = Field(None, ge=0)
 
