@@ -536,50 +536,34 @@ def _loop_profile_fn(config: dict) -> None:
         if item:
             loss.item()
 
-    out = {}
-
-    def run(name, make_iter, **kw):
-        rates, firsts, fetch, compute = [], [], 0.0, 0.0
-        for ep in range(epochs):
-            t0 = time.perf_counter()
-            it = iter(make_iter(ep))
-            n, first = 0, None
-            while True:
-                tf = time.perf_counter()
-                try:
-                    b = next(it)
-                except StopIteration:
-                    break
-                tc = time.perf_counter()
-                fetch += tc - tf
-                x, y = (b["x"], b["y"]) if isinstance(b, dict) else b
-                step(x, y, **kw)
-                compute += time.perf_counter() - tc
-                n += len(y)
-                if first is None:
-                    first = time.perf_counter() - t0
-            rates.append(n * world / (time.perf_counter() - t0))
-            firsts.append(first)
-        steady = rates[1:]
-        out[name] = {
-            "samples_per_sec": float(np.median(steady)),
-            "first_batch_ms": 1000 * float(np.median(firsts[1:])),
-            "fetch_s": fetch, "compute_s": compute,
-        }
+    def one_epoch(make_iter, ep, **kw):
+        """One epoch; returns (global samples/s, first-batch s, fetch s, compute s)."""
+        t0 = time.perf_counter()
+        it = iter(make_iter(ep))
+        n, first, fetch, compute = 0, None, 0.0, 0.0
+        while True:
+            tf = time.perf_counter()
+            try:
+                b = next(it)
+            except StopIteration:
+                break
+            tc = time.perf_counter()
+            fetch += tc - tf
+            x, y = (b["x"], b["y"]) if isinstance(b, dict) else b
+            step(x, y, **kw)
+            compute += time.perf_counter() - tc
+            n += len(y)
+            if first is None:
+                first = time.perf_counter() - t0
+        return n * world / (time.perf_counter() - t0), first, fetch, compute
 
     def ray_iter(**kw):
         return lambda ep: shard.iter_torch_batches(batch_size=bs, **kw)
 
-    run("iter_torch_batches (default prefetch=1)", ray_iter())
-    run("iter_torch_batches + local shuffle (raydl)",
-        lambda ep: shard.iter_torch_batches(batch_size=bs, local_shuffle_buffer_size=4 * bs,
-                                            local_shuffle_seed=ep * 1009 + rank))
-    run("as raydl + clip_grad_norm_(inf) + loss.item()",
-        lambda ep: shard.iter_torch_batches(batch_size=bs, local_shuffle_buffer_size=4 * bs,
-                                            local_shuffle_seed=ep * 1009 + rank),
-        clip=True, item=True)
-    run("iter_torch_batches prefetch_batches=0", ray_iter(prefetch_batches=0))
-    run("iter_torch_batches prefetch_batches=4", ray_iter(prefetch_batches=4))
+    def raydl_iter(ep):
+        return shard.iter_torch_batches(batch_size=bs, local_shuffle_buffer_size=4 * bs,
+                                        local_shuffle_seed=ep * 1009 + rank)
+
     # Materialise the shard once (one pass through Ray Data), then batch from tensors.
     t0 = time.perf_counter()
     rows = list(shard.iter_torch_batches(batch_size=100_000))
@@ -592,8 +576,29 @@ def _loop_profile_fn(config: dict) -> None:
         perm = torch.randperm(len(Y), generator=g)
         return ((X[perm[i:i + bs]], Y[perm[i:i + bs]]) for i in range(0, len(Y), bs))
 
-    run("shard materialised once -> in-memory tensors (shuffled)", tensor_iter)
-    run("in-memory tensors + clip_grad_norm_(inf) + loss.item()", tensor_iter, clip=True, item=True)
+    variants = [
+        ("iter_torch_batches (default prefetch=1)", ray_iter(), {}),
+        ("iter_torch_batches + local shuffle (raydl)", raydl_iter, {}),
+        ("as raydl + clip_grad_norm_(inf) + loss.item()", raydl_iter, {"clip": True, "item": True}),
+        ("iter_torch_batches prefetch_batches=0", ray_iter(prefetch_batches=0), {}),
+        ("iter_torch_batches prefetch_batches=4", ray_iter(prefetch_batches=4), {}),
+        ("shard materialised once -> in-memory tensors (shuffled)", tensor_iter, {}),
+        ("in-memory tensors + clip_grad_norm_(inf) + loss.item()", tensor_iter,
+         {"clip": True, "item": True}),
+    ]
+    rec: dict[str, list] = {name: [] for name, _, _ in variants}
+    # Round-robin: every epoch runs each variant once, so load drift hits all of them alike.
+    for ep in range(epochs):
+        for name, make_iter, kw in variants:
+            rec[name].append(one_epoch(make_iter, ep, **kw))
+    out = {}
+    for name, rows_ in rec.items():
+        steady = rows_[1:]
+        out[name] = {
+            "samples_per_sec": float(np.median([r[0] for r in steady])),
+            "first_batch_ms": 1000 * float(np.median([r[1] for r in steady])),
+            "fetch_s": sum(r[2] for r in steady), "compute_s": sum(r[3] for r in steady),
+        }
     out["_materialise_s"] = mat_s
     if rank == 0:
         Path(config["out"]).write_text(json.dumps(out))
