@@ -177,11 +177,19 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800, help="per command, seconds")
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
     ap.add_argument("--raw", help="also write the raw per-run results here (JSON)")
+    ap.add_argument("--from-raw", help="skip the runs: re-render from a --raw file")
+    ap.add_argument("--notes-file", help="markdown appended to the section (analysis)")
     args = ap.parse_args()
 
-    reproduce = "python bench/train_vs_torchrun.py " + shlex.join(
-        a for a in sys.argv[1:] if a not in ("--no-write",)
-    )
+    argv, skip = [], False
+    for a in sys.argv[1:]:  # the command to reproduce: drop the bookkeeping options
+        if skip:
+            skip = False
+        elif a in ("--raw", "--from-raw", "--notes-file"):
+            skip = True
+        elif a != "--no-write" and not a.startswith(("--raw=", "--from-raw=", "--notes-file=")):
+            argv.append(a)
+    reproduce = "python bench/train_vs_torchrun.py " + shlex.join(argv)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     head = None
@@ -193,8 +201,14 @@ def main() -> None:
         env.setdefault("RAY_AUTH_MODE", "disabled")
     load0 = os.getloadavg()[0]
     res = {"raydl": [], "torchrun": []}
+    if args.from_raw:
+        saved = json.loads(Path(args.from_raw).read_text())
+        if "results" not in saved:  # bare {"raydl": [...], "torchrun": [...]}
+            saved = {"results": saved, "load": [float("nan")] * 2}
+        res, load0 = saved["results"], saved["load"][0]
+        reproduce = saved.get("reproduce", reproduce)
     try:
-        for i in range(args.runs):
+        for i in range(0 if args.from_raw else args.runs):
             order = ("raydl", "torchrun") if i % 2 == 0 else ("torchrun", "raydl")
             for side in order:
                 if side == "raydl":
@@ -207,11 +221,15 @@ def main() -> None:
     finally:
         if head is not None:
             head.__exit__(None, None, None)
-    loads = (load0, os.getloadavg()[0])
+    loads = (load0, saved["load"][1]) if args.from_raw else (load0, os.getloadavg()[0])
     body = render(args, res, machine(), loads, reproduce)
+    if args.notes_file:
+        body += "\n" + Path(args.notes_file).read_text()
     print(body)
-    if args.raw:
-        Path(args.raw).write_text(json.dumps(res, indent=1))
+    if args.raw and not args.from_raw:
+        Path(args.raw).write_text(
+            json.dumps({"results": res, "load": loads, "reproduce": reproduce}, indent=1)
+        )
     if not args.no_write:
         sys.path.insert(0, str(HERE))
         from startup_probe import write_section
