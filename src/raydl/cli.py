@@ -100,6 +100,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from raydl import cluster
+
+    if args.action == "up":
+        head = cluster.up(args.num_cpus)
+        print(f"local Ray head at {head.address} ({head.num_cpus} CPUs); raydl train uses it until `raydl cluster down`")
+    elif args.action == "down":
+        print("stopped the local Ray head" if cluster.down() else "no local Ray head was running")
+    else:
+        head = cluster.running()
+        print(f"running at {head.address} ({head.num_cpus} CPUs)" if head else "not running")
+        return 0 if head else 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raydl", description="Distributed deep-learning training on Ray.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -129,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("data")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("cluster", help="a persistent local Ray head that raydl train reuses (faster start-up)")
+    c.add_argument("action", choices=["up", "status", "down"])
+    c.add_argument("--num-cpus", type=int, default=None)
+    c.set_defaults(func=cmd_cluster)
 
     try:
         from raydl.drift.cli import add_parser as add_drift

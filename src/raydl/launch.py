@@ -65,18 +65,34 @@ def resolve(spec: JobSpec) -> Prepared:
 
 
 def connect(address: str | None) -> bool:
-    """Connect to `address` (or RAY_ADDRESS), else start an embedded local Ray. True if we started it."""
+    """Connect to `address` (or RAY_ADDRESS, or `raydl cluster up`'s head), else start an embedded
+    local Ray. True if we started it."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        from raydl import cluster
+
+        head = cluster.running()
+        if head is not None:
+            address = head.address
+            log.warning("raydl: using the local cluster at %s (raydl cluster down to stop it)", address)
+    # `ray start` turns token authentication on by default; a client on the same machine finds the
+    # token in ~/.ray/auth_token once told to use one. Ray reads this when it is first imported.
+    if address and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # notices the end of a run sooner
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
     # Worker output (Ray Train's per-report INFO lines, Ray Data plans) is kept in Ray's log files;
     # raydl shows its own progress. RAYDL_VERBOSE=1 forwards it all to this terminal.
     verbose = os.environ.get("RAYDL_VERBOSE") == "1"
     kwargs = dict(logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose, configure_logging=True)
     if address:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as e:
+            raise ResourceError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}; is it running (ray status --address {address})?") from None
     else:
         ray.init(include_dashboard=False, **kwargs)
     from ray.data import DataContext
