@@ -6,6 +6,7 @@ Ray types are built from the spec here and nowhere else.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import threading
@@ -240,7 +241,7 @@ def _finish(spec: JobSpec, prepared: Prepared, man: dict, rdir: Path, state, bes
     eff = [h for h in state.history[1:]] or state.history
     final["samples_per_sec"] = float(np.median([h["samples_per_sec"] for h in eff]))
     final["time_per_step_s"] = float(np.median([h["time_per_step_s"] for h in eff]))
-    final["time_to_first_step_s"] = next((h["time_to_first_step_s"] for h in state.history if h["time_to_first_step_s"] == h["time_to_first_step_s"]), None)
+    final["time_to_first_step_s"] = next((h["time_to_first_step_s"] for h in state.history if math.isfinite(h["time_to_first_step_s"])), None)
     final["peak_memory_mb"] = max(h["peak_memory_mb"] for h in state.history)
     mdir = write_model_dir(rdir / "model", best_weights, spec, prep, {"final": final, "history": state.history}, man)
     try:
