@@ -182,7 +182,9 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.step()
 
         train_sums = _all_reduce(np.array([local_loss, local_n, steps]))
-        val = _all_reduce(evaluate_batches(ddp_model, shards.val(), loss, prep.task, n_classes, device, autocast))
+        # The bare module, not the DDP wrapper: ranks may hold different numbers of validation
+        # batches, and DDP's forward would broadcast BatchNorm buffers (a collective) on each.
+        val = _all_reduce(evaluate_batches(model, shards.val(), loss, prep.task, n_classes, device, autocast))
         peak = _all_reduce(np.array([_peak_memory_mb(device)]), op="max")[0]
         metrics = {
             "epoch": epoch + 1,

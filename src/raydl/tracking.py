@@ -54,7 +54,9 @@ class WandbTracker:
         run.log({k: float(v) for k, v in metrics.items()}, step=step)
 
     def finish(self, best_weights: dict | None, prep: Any) -> None:
-        run = self.run or self._start()
+        run = self.run
+        if run is None:  # nothing trained in this process (a finished run started again)
+            return
         if self.spec.tracking.log_model and best_weights is not None:
             import wandb
 
