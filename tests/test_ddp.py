@@ -64,3 +64,18 @@ def test_two_workers_match_one_worker_with_double_batch(ray_local, storage, load
     for h2, h1 in zip(two.history, one.history):
         assert h2["train_loss"] == pytest.approx(h1["train_loss"], abs=1e-5)
         assert h2["val_accuracy"] == pytest.approx(h1["val_accuracy"])
+
+
+@pytest.mark.slow
+def test_batchnorm_with_uneven_validation_batches_does_not_hang(ray_local, storage):
+    # 12000 rows -> 2400 validation rows in 1024-row batches: rank 0 holds two, rank 1 one.
+    spec = JobSpec.model_validate({
+        "run": {"name": "bn-uneven", "storage_path": storage},
+        "data": {"source": "xor", "n_samples": 12000, "loader": "ray_data"},
+        "model": {"name": "mlp", "hidden": [16], "norm": "batch"},
+        "training": {"epochs": 1, "batch_size": 256},
+        "scaling": {"num_workers": 2},
+        "tracking": "none",
+    })
+    result = train(spec)
+    assert result.metrics["epochs_run"] == 1 and result.history[0]["val_accuracy"] > 0.5
