@@ -61,3 +61,20 @@ def test_registers_on_an_argparse_main() -> None:
     args = p.parse_args(["drift", "check", "--profile", "p.json", "d.parquet", "--threshold",
                          "fixed", "--js-threshold", "0.2"])
     assert args.func.__name__ == "cmd_check" and args.js_threshold == 0.2
+
+
+def test_main_raydl_cli_runs_drift(profile_path: Path, suite_dir: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "raydl.cli", "drift", "check", "--profile",
+                        str(profile_path), str(suite_dir / "mean_shift.parquet"), "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 3, r.stderr
+
+
+def test_write_reference_profile_api(tmp_path: Path) -> None:
+    from raydl.drift import load_profile, synthetic, write_reference_profile
+
+    table = synthetic.make_table(2000, seed=11)
+    out = write_reference_profile(table, tmp_path / "m" / "profile.json", features=["x00", "cat"])
+    prof = load_profile(out)
+    assert [f["name"] for f in prof.features] == ["x00", "cat"]
+    assert prof.pca is None and prof.model is None  # PCA needs >= 2 numeric features
