@@ -150,8 +150,11 @@ def render(args, res: dict, mach: dict, loads: tuple, reproduce: str) -> str:
     L.append(f"| launch -> first optimizer step (s) | {med['raydl']['time_to_first_step_s']:.2f} | "
              f"{med['torchrun']['time_to_first_step_s']:.2f} | {startup:.2f} | <= {GOAL_STARTUP:g}x: "
              f"{ok(startup <= GOAL_STARTUP)} |")
-    L.append(f"| end-to-end wall time (s) | {med['raydl']['wall_s']:.1f} | {med['torchrun']['wall_s']:.1f} | "
-             f"{wall:.2f} | - |")
+    t_ep = args.torchrun_epochs or args.epochs
+    same = t_ep == args.epochs
+    L.append(f"| end-to-end wall time (s){'' if same else f'; {args.epochs} vs {t_ep} epochs'} | "
+             f"{med['raydl']['wall_s']:.1f} | {med['torchrun']['wall_s']:.1f} | "
+             f"{f'{wall:.2f}' if same else 'not comparable'} | - |")
     for k in ("val_accuracy", "test_accuracy"):
         if k in med["raydl"] and k in med["torchrun"]:
             L.append(f"| {k} | {med['raydl'][k]:.4f} | {med['torchrun'][k]:.4f} | - | - |")
