@@ -140,7 +140,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     pr = sub.add_parser("profile", help="build a reference profile of DATA")
     pr.add_argument("data", help="Parquet/CSV file or directory, local path or URI")
     pr.add_argument("--out", required=True, help="profile JSON to write")
-    pr.add_argument("--features", nargs="+", help="feature columns (default: all, or the model's)")
+    pr.add_argument("--features", nargs="+", help="feature columns, space- or comma-separated (default: all, or the model's)")
     pr.add_argument("--model", help="model directory: also profile its OOD scores")
     pr.add_argument("--bins", type=int, default=20, help="quantile bins per numeric feature")
     pr.add_argument("--variance", type=float, default=0.9, help="PCA explained-variance share")
