@@ -152,10 +152,13 @@ def prepare(spec: DataSpec, min_train_rows: int = 1) -> Prepared:
         raise DataError(f"data: the train split has {len(tr)} row(s), fewer than the {min_train_rows} worker(s) asked for; add data or lower scaling.num_workers")
     if len(va) == 0:
         raise DataError(f"data.split: the validation split is empty ({len(y)} rows in all); add data or raise data.split.val")
-    if spec.standardize:
+    if spec.standardize != "none":
+        # "feature": a mean and std per column; "global": one for all (pixels sharing a scale keep
+        # their relative contrast, and a near-constant border pixel is not blown up 1/std-fold).
+        axis = 0 if spec.standardize == "feature" else None
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught below, as non-finite input
-            mean = X[tr].mean(axis=0)
-            std = X[tr].std(axis=0)
+            mean = np.broadcast_to(X[tr].mean(axis=axis), X.shape[1]).copy()
+            std = np.broadcast_to(X[tr].std(axis=axis), X.shape[1]).copy()
         std[std == 0] = 1.0
     else:
         mean, std = np.zeros(X.shape[1]), np.ones(X.shape[1])
@@ -169,7 +172,7 @@ def prepare(spec: DataSpec, min_train_rows: int = 1) -> Prepared:
         if bad.any():  # finite in float64, but not as float32 model input (|x| > 3.4e38)
             col = features[int(np.argwhere(bad)[0][1])]
             raise DataError(f"data.features: column {col!r} has values too large for float32 model input; rescale the column"
-                            + ("" if spec.standardize else " or set data.standardize: true"))
+                            + ("" if spec.standardize != "none" else " or set data.standardize: feature"))
         return Split(Xs, y[idx])
 
     return Prepared(part(tr), part(va), part(te), prep, fingerprint(X, y), table.select(features).take(tr))

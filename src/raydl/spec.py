@@ -50,7 +50,7 @@ class DataSpec(_Section):
     task: Literal["auto", "classification", "regression"] = "auto"
     split: SplitSpec = SplitSpec()
     seed: int = Field(0, ge=0)
-    standardize: bool = True
+    standardize: Literal["feature", "global", "none"] = "feature"
     loader: Literal["auto", "in_memory", "ray_data"] = "auto"
     n_samples: int | None = Field(None, ge=1, description="rows for synthetic datasets")
     noise: float | None = Field(None, ge=0)
@@ -149,6 +149,14 @@ class JobSpec(_Section):
     scaling: ScalingSpec = ScalingSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
     tracking: TrackingSpec = TrackingSpec()
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _standardize_bool(cls, v: Any) -> Any:
+        # `standardize: true/false` reads as per-feature / none.
+        if isinstance(v, dict) and isinstance(v.get("standardize"), bool):
+            v = {**v, "standardize": "feature" if v["standardize"] else "none"}
+        return v
 
     @field_validator("tracking", mode="before")
     @classmethod
