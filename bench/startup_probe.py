@@ -445,7 +445,7 @@ def render(results: dict, torchrun: list[float], head_start: float | None, note:
             f"took {head_start:.1f} s."
         )
     lines.append("")
-    lines.append("Reproduce: `python bench/startup_probe.py study --repeats 3 --write-results`")
+    lines.append("Reproduce: `python bench/startup_probe.py study --repeats 3 --variants a,b,c,d,f --write-results`")
     return "\n".join(lines) + "\n"
 
 
