@@ -10,11 +10,15 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+
+if TYPE_CHECKING:  # pyarrow.dataset imports pandas (~0.2 s): only for CSV / directories / URIs
+    import pyarrow.dataset as pads
 
 from raydl.drift.errors import DataError
 
@@ -54,6 +58,8 @@ def data_format(path: str | os.PathLike) -> str:
 
 def open_dataset(path: str | os.PathLike) -> pads.Dataset:
     """A pyarrow dataset over ``path``; raises DataError when it cannot be read."""
+    import pyarrow.dataset as pads
+
     fmt = data_format(path)
     fs, p = _resolve(path)
     try:
@@ -119,11 +125,58 @@ def check_schema(schema: pa.Schema, kinds: dict[str, str]) -> None:
 
 def numeric_column(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """float64 values with nulls (and +-inf) as NaN."""
+    out = np.empty(len(col), dtype=np.float64)
+    fill_numeric(out, col)
+    return out
+
+
+def fill_numeric(out: np.ndarray, col: pa.ChunkedArray | pa.Array) -> None:
+    """Write ``numeric_column(col)`` into the 1-d float64 array ``out`` (one copy at most)."""
     if pa.types.is_null(col.type):
-        return np.full(len(col), np.nan)
-    x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
-    x[np.isinf(x)] = np.nan  # +-inf counts as missing
+        out.fill(np.nan)
+        return
+    if not pa.types.is_float64(col.type):
+        col = pc.cast(col, pa.float64())
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    i = 0
+    for c in chunks:
+        n = len(c)
+        # zero-copy view when there are no nulls; nulls come back as NaN otherwise
+        out[i:i + n] = c.to_numpy(zero_copy_only=False)
+        i += n
+    bad = ~np.isfinite(out)
+    if bad.any():  # +-inf counts as missing (NaN stays NaN)
+        out[bad] = np.nan
+
+
+def numeric_block(batch: pa.RecordBatch | pa.Table, names: list[str]) -> np.ndarray:
+    """[len(names), rows] float64 (feature-major: each feature's values contiguous), NaN for
+    nulls and +-inf. Row j of the result is ``numeric_column(batch.column(names[j]))``."""
+    x = np.empty((len(names), batch.num_rows), dtype=np.float64)
+    for j, n in enumerate(names):
+        fill_numeric(x[j], batch.column(n))
     return x
+
+
+def string_array(values: list[str]) -> pa.Array:
+    """``pa.array(values, pa.string())`` built from buffers: ``pa.array`` on a Python list
+    imports pandas (~0.2 s) to check for pandas objects."""
+    enc = [str(v).encode("utf-8") for v in values]
+    offsets = np.zeros(len(enc) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(e) for e in enc])
+    if offsets[-1] >= 2**31:
+        return pa.array(values, pa.string())
+    return pa.StringArray.from_buffers(len(enc), pa.py_buffer(offsets.astype(np.int32).tobytes()),
+                                       pa.py_buffer(b"".join(enc)))
+
+
+def empty_batch(schema: pa.Schema, columns: list[str]) -> pa.RecordBatch:
+    """A zero-row batch of ``columns`` (``Schema.empty_table`` imports pandas)."""
+    try:
+        return pa.RecordBatch.from_arrays(
+            [pa.nulls(0, schema.field(c).type) for c in columns], names=columns)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError):
+        return schema.empty_table().select(columns)
 
 
 def category_column(col: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -138,6 +191,15 @@ def category_column(col: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 
 
+def _local_parquet_file(path: str | os.PathLike) -> str | None:
+    """The resolved path when ``path`` is one local Parquet file, else None."""
+    s = str(path)
+    if "://" in s or not s.lower().endswith((".parquet", ".pq")):
+        return None
+    p = Path(s).resolve()
+    return str(p) if p.is_file() else None
+
+
 def iter_batches(
     path: str | os.PathLike | pa.Table, columns: list[str], batch_rows: int = BATCH_ROWS
 ) -> Iterator[pa.RecordBatch]:
@@ -145,8 +207,24 @@ def iter_batches(
     if isinstance(path, pa.Table):
         yield from path.select(columns).to_batches(max_chunksize=batch_rows)
         return
-    ds = open_dataset(path)
+    local = _local_parquet_file(path)
     try:
+        if local is not None:
+            # One local file: ParquetFile reads one row group at a time (memory O(row group),
+            # whatever the file size), column-projected, without the dataset scanner's
+            # readahead or its pandas import. No pre-buffering: it held whole files.
+            import pyarrow.parquet as pq
+
+            with pq.ParquetFile(local, pre_buffer=False) as f:
+                # row group by row group: the same batch boundaries as the dataset scanner
+                # (batches never span row groups), so the bottom-k sample keys are unchanged
+                for i in range(f.num_row_groups):
+                    yield from f.iter_batches(batch_size=batch_rows, row_groups=[i],
+                                              columns=columns, use_threads=False)
+            return
+        import pyarrow.dataset as pads
+
+        ds = open_dataset(path)
         opts = None
         if isinstance(ds.format, pads.ParquetFileFormat):
             # no pre-buffering: it held whole files in memory (408 vs 239 MB RSS at 1M rows)
@@ -162,4 +240,12 @@ def schema_of(path: str | os.PathLike | pa.Table) -> pa.Schema:
     """Schema of the data at ``path`` (or of an in-memory table)."""
     if isinstance(path, pa.Table):
         return path.schema
+    local = _local_parquet_file(path)
+    if local is not None:
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_schema(local)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"cannot read parquet data at {str(path)!r}: {e}") from None
     return open_dataset(path).schema

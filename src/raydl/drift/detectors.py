@@ -160,6 +160,7 @@ def score_features(
     out = []
     num = {f["name"]: j for j, f in enumerate(profile.numeric)}
     cat = {f["name"]: j for j, f in enumerate(profile.categorical)}
+    nulls = _bootstrap_nulls(profile, state, s, num, cat) if s.threshold == "calibrated" else {}
     for i, f in enumerate(profile.features):
         ref = np.asarray(f["counts"], dtype=np.int64)
         if f["kind"] == dd.NUMERIC:
@@ -188,9 +189,7 @@ def score_features(
                                      verdicts={}, **common))
             continue
         values, thresholds, verdicts = {}, {}, {}
-        null = None
-        if s.threshold == "calibrated":
-            null = stats.bootstrap_null(ref, n_cur, s.n_draws, s.eps, s.seed + i)
+        null = nulls[i].result() if s.threshold == "calibrated" else None
         for k, fn in stats.STATISTICS.items():
             values[k] = float(fn(ref, cur, s.eps))
             if null is None:
@@ -204,6 +203,32 @@ def score_features(
         out.append(FeatureResult(status="ok", drifted=bool(drifted), stats=values,
                                  thresholds=thresholds, verdicts=verdicts, **common))
     return out
+
+
+def _bootstrap_nulls(profile: Profile, state: CountPartial, s: CheckSettings,
+                     num: dict[str, int], cat: dict[str, int]) -> dict[int, Any]:
+    """Future of each feature's ``bootstrap_null`` (seed ``s.seed + i``), two at a time:
+    numpy's multinomial sampler releases the GIL. Same draws as one after another."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    jobs = {}
+    for i, f in enumerate(profile.features):
+        cur = (state.num_counts[num[f["name"]]] if f["kind"] == dd.NUMERIC
+               else state.cat_counts[cat[f["name"]]])
+        n_cur = int(cur.sum())
+        if n_cur > 0:
+            jobs[i] = (np.asarray(f["counts"], dtype=np.int64), n_cur)
+    workers = min(os.cpu_count() or 1, 4, len(jobs))
+    if workers <= 1:
+        out: dict[int, Any] = {}
+        for i, (ref, n_cur) in jobs.items():
+            fut: Future = Future()
+            fut.set_result(stats.bootstrap_null(ref, n_cur, s.n_draws, s.eps, s.seed + i))
+            out[i] = fut
+        return out
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return {i: pool.submit(stats.bootstrap_null, ref, n_cur, s.n_draws, s.eps, s.seed + i)
+                for i, (ref, n_cur) in jobs.items()}
 
 
 def score_reconstruction(

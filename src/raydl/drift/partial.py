@@ -19,16 +19,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raydl.drift import stats
-from raydl.drift.data import category_column, numeric_column
+from raydl.drift.data import category_column, numeric_block, string_array
 
 MAX_UNSEEN_EXAMPLES = 10
 
 
 def numeric_matrix(batch: pa.RecordBatch | pa.Table, names: list[str]) -> np.ndarray:
     """[rows, len(names)] float64 matrix with NaN for nulls."""
-    if not names:
-        return np.empty((batch.num_rows, 0))
-    return np.column_stack([numeric_column(batch.column(n)) for n in names])
+    return numeric_block(batch, names).T
 
 
 @dataclass
@@ -85,14 +83,19 @@ class ProfilePass:
     seed: int
 
     def __call__(self, batch: pa.RecordBatch | pa.Table) -> ProfilePartial:
-        x = numeric_matrix(batch, self.numeric)
-        ok = ~np.isnan(x)
-        count = ok.sum(axis=0).astype(np.float64)
+        xt = numeric_block(batch, self.numeric)  # [F, rows]: reductions run on contiguous rows
+        nan = np.isnan(xt)
+        count = (xt.shape[1] - np.count_nonzero(nan, axis=1)).astype(np.float64)
+        # without NaNs the nan-functions are the plain ones (same sums), minus their copies
+        has_nan = bool(nan.any())
+        total = np.nansum(xt, axis=1) if has_nan else xt.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(count > 0, np.nansum(x, axis=0) / np.maximum(count, 1), 0.0)
-            m2 = np.nansum(np.where(ok, (x - mean) ** 2, 0.0), axis=0)
-        vmin = np.where(count > 0, np.min(np.where(ok, x, np.inf), axis=0, initial=np.inf), np.nan)
-        vmax = np.where(count > 0, np.max(np.where(ok, x, -np.inf), axis=0, initial=-np.inf), np.nan)
+            mean = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+            dev2 = (xt - mean[:, None]) ** 2
+            m2 = np.nansum(dev2, axis=1) if has_nan else dev2.sum(axis=1)  # NaN adds nothing
+        # fmin / fmax skip NaN; an all-NaN feature gives NaN, as the count > 0 guard wants
+        vmin = np.where(count > 0, np.fmin.reduce(xt, axis=1, initial=np.inf), np.nan)
+        vmax = np.where(count > 0, np.fmax.reduce(xt, axis=1, initial=-np.inf), np.nan)
         cats, missing = {}, {}
         for f in self.categorical:
             col = category_column(batch.column(f))
@@ -104,7 +107,9 @@ class ProfilePass:
             }
         # Bottom-k sampling: uniform keys per row; the k smallest keys overall form a uniform
         # sample without replacement, and keeping the k smallest is associative.
-        crc = zlib.crc32(np.ascontiguousarray(x[:64]).tobytes()) if x.size else batch.num_rows
+        # seed from the first 64 rows, row-major (the same bytes as a [rows, F] matrix)
+        crc = (zlib.crc32(np.ascontiguousarray(xt[:, :64].T).tobytes()) if xt.size
+               else batch.num_rows)
         rng = np.random.default_rng([self.seed, crc, batch.num_rows])
         keys = rng.random(batch.num_rows)
         keep = np.argsort(keys)[: self.sample_size]
@@ -118,7 +123,7 @@ class ProfilePass:
             categories=cats,
             cat_missing=missing,
             sample_keys=keys[keep],
-            sample=x[keep],
+            sample=np.ascontiguousarray(xt[:, keep].T),  # [k, F]
         )
 
 
@@ -184,16 +189,16 @@ class CountPass:
     score_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __call__(self, batch: pa.RecordBatch | pa.Table) -> CountPartial:
-        x = numeric_matrix(batch, self.numeric)
+        xt = numeric_block(batch, self.numeric)  # [F, rows]
         num_counts, num_missing = [], []
         for j, e in enumerate(self.edges):
-            c, m = stats.histogram(x[:, j], e)
+            c, m = stats.histogram(xt[j], e)
             num_counts.append(c)
             num_missing.append(m)
         cat_counts, cat_missing, unseen = [], [], []
         for f, cats in zip(self.categorical, self.categories):
             col = category_column(batch.column(f))
-            idx = pc.index_in(col, value_set=pa.array(cats, pa.string()))
+            idx = pc.index_in(col, value_set=string_array(cats))
             nulls = col.is_null()
             known = idx.drop_null().to_numpy(zero_copy_only=False)
             c = np.bincount(known, minlength=len(cats) + 1).astype(np.int64)
@@ -206,7 +211,7 @@ class CountPass:
         recon = None
         if self.pca is not None:
             recon = _aggregate(
-                self.recon_errors(batch), self.pca["error_edges"], self.pca["threshold"], 1
+                self.recon_errors(batch, xt), self.pca["error_edges"], self.pca["threshold"], 1
             )
         scores = {}
         if self.model is not None and self.score_specs:
@@ -231,11 +236,33 @@ class CountPass:
             scores=scores,
         )
 
-    def recon_errors(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
-        """Per-row PCA reconstruction errors (NaN imputed by the reference mean)."""
+    def recon_errors(self, batch: pa.RecordBatch | pa.Table,
+                     xt: np.ndarray | None = None) -> np.ndarray:
+        """Per-row PCA reconstruction errors (NaN imputed by the reference mean).
+
+        ``xt`` is this batch's ``numeric_block`` of ``self.numeric`` when already built.
+        """
         p = self.pca
-        z = standardise(numeric_matrix(batch, p["features"]), p["mean"], p["scale"])
-        return stats.reconstruction_errors(z, p["components"], p["center"])
+        if xt is not None and p["features"] == self.numeric:
+            zt = xt - p["mean"][:, None]
+        else:
+            zt = numeric_block(batch, p["features"])
+            zt -= p["mean"][:, None]
+        nan = np.isnan(zt)
+        if nan.any():
+            zt[nan] = 0.0  # impute the reference mean
+        a, c = p.get("residual_map") or residual_map(p)
+        # residual = (I - V^T V) ((x - mean) / scale - center), with 1/scale folded into
+        # the [d, d] map: one small matmul per batch, no standardised copy
+        r = a @ zt
+        r -= c[:, None]
+        return np.sqrt(np.einsum("ij,ij->j", r, r))
+
+
+def residual_map(pca: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(A, c) with A (x - mean) - c = the PCA residual of a raw row x (see ``recon_errors``)."""
+    proj = stats.residual_projector(pca["components"])
+    return proj / np.asarray(pca["scale"], dtype=np.float64)[None, :], proj @ pca["center"]
 
 
 def standardise(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from raydl.drift import engine as eng
 from raydl.drift import stats
 from raydl.drift.errors import DataError, DriftError, ProfileError
 from raydl.drift.ood import DIRECTION, SCORES, output_scores
-from raydl.drift.partial import CountPass, ProfilePass, standardise
+from raydl.drift.partial import CountPass, ProfilePass, residual_map, standardise
 
 FORMAT = "raydl.drift.profile"
 VERSION = 1
@@ -102,6 +102,7 @@ class Profile:
             )
             pca.update(features=p["features"], threshold=p["threshold"],
                        error_edges=np.asarray(p["error_edges"]))
+            pca["residual_map"] = residual_map(pca)
         specs = {}
         if model is not None and self.model is not None:
             specs = {

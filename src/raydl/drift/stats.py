@@ -28,27 +28,37 @@ def smooth(counts: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarray:
     return p / p.sum(axis=-1, keepdims=True)
 
 
-def kl_divergence(p: np.ndarray, q: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarray:
-    """KL(p || q) in nats on shared bins (last axis), both smoothed with ``eps``."""
-    ps, qs = smooth(p, eps), smooth(q, eps)
+def _kl_smoothed(ps: np.ndarray, qs: np.ndarray) -> np.ndarray:
     return np.sum(ps * np.log(ps / qs), axis=-1)
 
 
-def js_divergence(p: np.ndarray, q: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarray:
-    """Jensen-Shannon divergence in bits (in [0, 1]) on shared bins, both smoothed with ``eps``."""
-    ps, qs = smooth(p, eps), smooth(q, eps)
+def _js_smoothed(ps: np.ndarray, qs: np.ndarray) -> np.ndarray:
     m = 0.5 * (ps + qs)
     js = 0.5 * np.sum(ps * np.log2(ps / m), axis=-1) + 0.5 * np.sum(qs * np.log2(qs / m), axis=-1)
     return np.clip(js, 0.0, 1.0)
 
 
-def psi(p: np.ndarray, q: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarray:
-    """Population stability index sum((q - p) ln(q / p)) on shared bins, smoothed with ``eps``."""
-    ps, qs = smooth(p, eps), smooth(q, eps)
+def _psi_smoothed(ps: np.ndarray, qs: np.ndarray) -> np.ndarray:
     return np.sum((qs - ps) * np.log(qs / ps), axis=-1)
 
 
+def kl_divergence(p: np.ndarray, q: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarray:
+    """KL(p || q) in nats on shared bins (last axis), both smoothed with ``eps``."""
+    return _kl_smoothed(smooth(p, eps), smooth(q, eps))
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarray:
+    """Jensen-Shannon divergence in bits (in [0, 1]) on shared bins, both smoothed with ``eps``."""
+    return _js_smoothed(smooth(p, eps), smooth(q, eps))
+
+
+def psi(p: np.ndarray, q: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarray:
+    """Population stability index sum((q - p) ln(q / p)) on shared bins, smoothed with ``eps``."""
+    return _psi_smoothed(smooth(p, eps), smooth(q, eps))
+
+
 STATISTICS = {"kl": kl_divergence, "js": js_divergence, "psi": psi}
+_SMOOTHED = {"kl": _kl_smoothed, "js": _js_smoothed, "psi": _psi_smoothed}
 
 
 def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
@@ -87,15 +97,23 @@ def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def histogram(values: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, int]:
-    """Counts per bin (see ``bin_index``) and the number of NaNs skipped."""
+    """Counts per bin (see ``bin_index``) and the number of NaNs skipped.
+
+    Exactly ``np.bincount(bin_index(values[~nan], edges))``, computed without a per-value
+    binary search: with right-sided bins, the number of values in bin >= i is the number of
+    values >= the i-th search edge, so one vectorised comparison + count per edge (a few
+    dozen cheap passes over an L2-resident column) gives every count, ~6x faster than
+    ``searchsorted`` on unsorted data. NaN compares False against every edge.
+    """
     x = np.asarray(values, dtype=np.float64)
-    nb = n_numeric_bins(edges)
-    idx = np.searchsorted(_search_edges(edges), x, "right")
-    nan = np.isnan(x)
-    if nan.any():
-        idx[nan] = nb  # NaN sorts last; count it in a spill bin and drop it
-    counts = np.bincount(idx, minlength=nb + 1)
-    return counts[:nb].astype(np.int64), int(counts[nb])
+    se = _search_edges(edges)
+    nan = int(np.count_nonzero(np.isnan(x)))
+    ge = np.empty(len(se) + 2, dtype=np.int64)  # ge[i] = values in bins >= i
+    ge[0] = x.size - nan
+    for i, e in enumerate(se):
+        ge[i + 1] = np.count_nonzero(x >= e)
+    ge[-1] = 0
+    return ge[:-1] - ge[1:], nan
 
 
 def reconstruction_errors(
@@ -106,9 +124,28 @@ def reconstruction_errors(
     ``components`` is [k, d] with orthonormal rows (scikit-learn's ``components_``) and
     ``center`` the PCA mean (``mean_``); ``z`` is the standardised data [n, d].
     """
-    zc = np.asarray(z, dtype=np.float64) - center
-    recon = (zc @ components.T) @ components
-    return np.sqrt(np.sum((zc - recon) ** 2, axis=1))
+    zt = np.array(np.asarray(z, dtype=np.float64).T, order="C")  # [d, n] copy
+    zt -= np.asarray(center, dtype=np.float64)[:, None]
+    return reconstruction_errors_centered_t(zt, components)
+
+
+def residual_projector(components: np.ndarray) -> np.ndarray:
+    """I - V^T V: maps a centred row to its PCA residual (V = ``components``, orthonormal rows)."""
+    v = np.asarray(components, dtype=np.float64)
+    return np.eye(v.shape[1]) - v.T @ v
+
+
+def reconstruction_errors_centered_t(
+    zct: np.ndarray, components: np.ndarray, projector: np.ndarray | None = None
+) -> np.ndarray:
+    """``reconstruction_errors`` on centred data laid out feature-major ([d, n]).
+
+    The residual z - z V^T V is (I - V^T V) z: one small [d, d] x [d, n] product instead of
+    two, on contiguous rows (the [n, d] form spent most of its time in BLAS overhead).
+    """
+    p = residual_projector(components) if projector is None else projector
+    r = p @ zct
+    return np.sqrt(np.einsum("ij,ij->j", r, r))
 
 
 def fit_pca(x: np.ndarray, variance_share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,7 +181,8 @@ def bootstrap_null(
     rng = np.random.default_rng(seed)
     a = rng.multinomial(max(n_ref, 1), probs, size=n_draws)
     b = rng.multinomial(max(int(n_current), 1), probs, size=n_draws)
-    return {k: fn(a, b, eps) for k, fn in STATISTICS.items()}
+    ps, qs = smooth(a, eps), smooth(b, eps)  # once, shared by every statistic
+    return {k: fn(ps, qs) for k, fn in _SMOOTHED.items()}
 
 
 def upper_quantile(null: np.ndarray, alpha: float) -> float:
