@@ -42,7 +42,11 @@ class ProfilePartial:
     categories: dict[str, dict[str, int]]
     cat_missing: dict[str, int]
     sample_keys: np.ndarray  # [k]
-    sample: np.ndarray  # [k, F]
+    sample: np.ndarray  # [F, k] (feature-major; ``rows()`` gives [k, F])
+
+    def rows(self) -> np.ndarray:
+        """The sample as a C-contiguous [k, F] matrix, rows in key order."""
+        return np.ascontiguousarray(self.sample.T)
 
     def merge(self, o: ProfilePartial, k: int) -> ProfilePartial:
         """Chan's parallel moments + summed counts + bottom-k of both samples."""
@@ -57,7 +61,7 @@ class ProfilePartial:
             for v, cnt in c.items():
                 d[v] = d.get(v, 0) + cnt
         keys = np.concatenate([self.sample_keys, o.sample_keys])
-        rows = np.concatenate([self.sample, o.sample])
+        rows = np.concatenate([self.sample, o.sample], axis=1)
         keep = np.argsort(keys, kind="stable")[:k]
         return ProfilePartial(
             n_rows=self.n_rows + o.n_rows,
@@ -69,7 +73,7 @@ class ProfilePartial:
             categories=cats,
             cat_missing={f: self.cat_missing[f] + o.cat_missing[f] for f in self.cat_missing},
             sample_keys=keys[keep],
-            sample=rows[keep],
+            sample=np.take(rows, keep, axis=1),
         )
 
 
@@ -91,8 +95,11 @@ class ProfilePass:
         total = np.nansum(xt, axis=1) if has_nan else xt.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(count > 0, total / np.maximum(count, 1), 0.0)
-            dev2 = (xt - mean[:, None]) ** 2
-            m2 = np.nansum(dev2, axis=1) if has_nan else dev2.sum(axis=1)  # NaN adds nothing
+            m2 = np.empty(len(xt))
+            for j, row in enumerate(xt):  # one row-sized temporary, not a batch-sized one
+                d = row - mean[j]
+                np.square(d, out=d)
+                m2[j] = np.nansum(d) if has_nan else d.sum()  # NaN adds nothing
         # fmin / fmax skip NaN; an all-NaN feature gives NaN, as the count > 0 guard wants
         vmin = np.where(count > 0, np.fmin.reduce(xt, axis=1, initial=np.inf), np.nan)
         vmax = np.where(count > 0, np.fmax.reduce(xt, axis=1, initial=-np.inf), np.nan)
@@ -123,7 +130,7 @@ class ProfilePass:
             categories=cats,
             cat_missing=missing,
             sample_keys=keys[keep],
-            sample=np.ascontiguousarray(xt[:, keep].T),  # [k, F]
+            sample=np.take(xt, keep, axis=1),  # [F, k]
         )
 
 

@@ -277,7 +277,7 @@ def build_profile(
     edges = []
     inner = np.linspace(0, 1, s.n_bins + 1)[1:-1]
     for j in range(len(numeric)):
-        col = first.sample[:, j]
+        col = first.sample[j]
         col = col[~np.isnan(col)]
         qs = np.quantile(col, inner) if col.size else np.empty(0)
         e = np.unique(np.clip(np.r_[first.vmin[j], qs, first.vmax[j]], first.vmin[j], first.vmax[j]))
@@ -315,12 +315,12 @@ def build_profile(
         "n_rows": int(first.n_rows),
         "settings": s.__dict__,
         "features": [by_name[f] for f in kinds],
-        "pca": _fit_pca(first.sample, numeric, mean, scale, s),
+        "pca": _fit_pca(first.rows(), numeric, mean, scale, s),
         "model": None,
     }
     if model is not None:
         idx = [numeric.index(f) for f in model_feats]
-        sample = first.sample[:, idx]
+        sample = first.rows()[:, idx]
         sample = sample[~np.isnan(sample).any(axis=1)]
         doc["model"] = _score_profile(model, model_feats, sample, s)
         doc["model"]["dir"] = model_dir
