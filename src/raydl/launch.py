@@ -80,7 +80,7 @@ def connect(address: str | None) -> bool:
     # token in ~/.ray/auth_token once told to use one. Ray reads this when it is first imported.
     if address and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
         os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # notices the end of a run sooner
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # notices the end of a run sooner (default 2 s)
     import ray
 
     if ray.is_initialized():
