@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -141,12 +140,34 @@ def fill_numeric(out: np.ndarray, col: pa.ChunkedArray | pa.Array) -> None:
     i = 0
     for c in chunks:
         n = len(c)
-        # zero-copy view when there are no nulls; nulls come back as NaN otherwise
-        out[i:i + n] = c.to_numpy(zero_copy_only=False)
+        if n == 0:
+            continue
+        # the values buffer as a numpy view (Array.to_numpy imports pandas), then one copy
+        validity, data = c.buffers()[:2]
+        off = c.offset
+        out[i:i + n] = np.frombuffer(data, dtype=np.float64, count=off + n)[off:]
+        if c.null_count:  # nulls -> NaN from the validity bitmap
+            bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), count=off + n,
+                                 bitorder="little")[off:]
+            out[i:i + n][bits == 0] = np.nan
         i += n
     bad = ~np.isfinite(out)
     if bad.any():  # +-inf counts as missing (NaN stays NaN)
         out[bad] = np.nan
+
+
+def int_values(arr: pa.Array) -> np.ndarray:
+    """int64 copy of a null-free integer array, read from its buffer (no pandas import)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if len(arr) == 0:
+        return np.empty(0, dtype=np.int64)
+    if arr.null_count:
+        raise ValueError("int_values needs an array without nulls")
+    sign = "u" if pa.types.is_unsigned_integer(arr.type) else ""
+    dt = np.dtype(f"{sign}int{arr.type.bit_width}")
+    off = arr.offset
+    return np.frombuffer(arr.buffers()[1], dtype=dt, count=off + len(arr))[off:].astype(np.int64)
 
 
 def numeric_block(batch: pa.RecordBatch | pa.Table, names: list[str]) -> np.ndarray:
@@ -234,6 +255,21 @@ def iter_batches(
                                  fragment_scan_options=opts)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"cannot read data at {str(path)!r}: {e}") from None
+
+
+def count_rows(path: str | os.PathLike | pa.Table) -> int | None:
+    """Number of rows when known without a scan (a table, one local Parquet file), else None."""
+    if isinstance(path, pa.Table):
+        return path.num_rows
+    local = _local_parquet_file(path)
+    if local is None:
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(local).metadata.num_rows
+    except (pa.ArrowInvalid, OSError):
+        return None  # the scan reports it
 
 
 def schema_of(path: str | os.PathLike | pa.Table) -> pa.Schema:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raydl.drift import stats
-from raydl.drift.data import category_column, numeric_block, string_array
+from raydl.drift.data import category_column, int_values, numeric_block, string_array
 
 MAX_UNSEEN_EXAMPLES = 10
 
@@ -85,6 +85,11 @@ class ProfilePass:
     categorical: list[str]
     sample_size: int
     seed: int
+    # Rows whose key is >= key_bound are dropped at once: when at least sample_size rows of
+    # the whole data have smaller keys, the bottom-k sample is unchanged (the caller checks
+    # and reruns without a bound otherwise), and each batch sorts and copies ~k/N of its rows
+    # instead of k. 1.0 = no bound.
+    key_bound: float = 1.0
 
     def __call__(self, batch: pa.RecordBatch | pa.Table) -> ProfilePartial:
         xt = numeric_block(batch, self.numeric)  # [F, rows]: reductions run on contiguous rows
@@ -119,7 +124,11 @@ class ProfilePass:
                else batch.num_rows)
         rng = np.random.default_rng([self.seed, crc, batch.num_rows])
         keys = rng.random(batch.num_rows)
-        keep = np.argsort(keys)[: self.sample_size]
+        if self.key_bound < 1.0:
+            cand = np.flatnonzero(keys < self.key_bound)
+            keep = cand[np.argsort(keys[cand])][: self.sample_size]
+        else:
+            keep = np.argsort(keys)[: self.sample_size]
         return ProfilePartial(
             n_rows=batch.num_rows,
             count=count,
@@ -207,7 +216,7 @@ class CountPass:
             col = category_column(batch.column(f))
             idx = pc.index_in(col, value_set=string_array(cats))
             nulls = col.is_null()
-            known = idx.drop_null().to_numpy(zero_copy_only=False)
+            known = int_values(idx.drop_null())
             c = np.bincount(known, minlength=len(cats) + 1).astype(np.int64)
             new_mask = pc.and_(pc.is_null(idx), pc.invert(nulls))
             c[len(cats)] = int(pc.sum(new_mask).as_py() or 0)

@@ -258,10 +258,18 @@ def build_profile(
         if bad:
             raise DriftError(f"model features {bad} are not numeric profiled features")
     cols = numeric + categorical
+    n_known = dd.count_rows(source)
+    bound = sample_key_bound(s.sample_size, n_known)
     first = eng.run(
-        source, cols, ProfilePass(numeric, categorical, s.sample_size, s.seed),
+        source, cols, ProfilePass(numeric, categorical, s.sample_size, s.seed, bound),
         lambda a, b: a.merge(b, s.sample_size), engine,
     )
+    if bound < 1.0 and len(first.sample_keys) < min(s.sample_size, first.n_rows):
+        # fewer than k keys under the bound (never seen: ~12 sd of margin): do it unbounded
+        first = eng.run(
+            source, cols, ProfilePass(numeric, categorical, s.sample_size, s.seed),
+            lambda a, b: a.merge(b, s.sample_size), engine,
+        )
     if first.n_rows == 0:
         raise DataError(f"reference data {_name(source)} has no rows")
     empty = [f for f, c in zip(numeric, first.count) if c == 0]
@@ -325,6 +333,14 @@ def build_profile(
         doc["model"] = _score_profile(model, model_feats, sample, s)
         doc["model"]["dir"] = model_dir
     return Profile(doc)
+
+
+def sample_key_bound(k: int, n_rows: int | None) -> float:
+    """A key bound that the k-th smallest of ``n_rows`` uniform keys stays under (it has mean
+    ~k/n and sd ~sqrt(k)/n; the bound is 12 sd above), or 1.0 (no bound)."""
+    if not n_rows or n_rows <= k:
+        return 1.0
+    return min(1.0, (k + 12.0 * np.sqrt(k) + 64.0) / n_rows)
 
 
 def _name(source: Any) -> str:
