@@ -170,10 +170,19 @@ def int_values(arr: pa.Array) -> np.ndarray:
     return np.frombuffer(arr.buffers()[1], dtype=dt, count=off + len(arr))[off:].astype(np.int64)
 
 
-def numeric_block(batch: pa.RecordBatch | pa.Table, names: list[str]) -> np.ndarray:
+def numeric_block(batch: pa.RecordBatch | pa.Table, names: list[str],
+                  scratch: np.ndarray | None = None) -> np.ndarray:
     """[len(names), rows] float64 (feature-major: each feature's values contiguous), NaN for
-    nulls and +-inf. Row j of the result is ``numeric_column(batch.column(names[j]))``."""
-    x = np.empty((len(names), batch.num_rows), dtype=np.float64)
+    nulls and +-inf. Row j of the result is ``numeric_column(batch.column(names[j]))``.
+
+    With ``scratch`` (a 1-d float64 array at least that large) the block is written into it
+    and is a view of it: valid until the caller's next use of ``scratch``.
+    """
+    shape = (len(names), batch.num_rows)
+    if scratch is not None and scratch.size >= shape[0] * shape[1]:
+        x = scratch[: shape[0] * shape[1]].reshape(shape)
+    else:
+        x = np.empty(shape, dtype=np.float64)
     for j, n in enumerate(names):
         fill_numeric(x[j], batch.column(n))
     return x
