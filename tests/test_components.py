@@ -110,3 +110,19 @@ def test_regression_metrics_match_sklearn():
 
 def test_models_registry_has_the_course_basics():
     assert {"mlp", "logistic_regression"} <= set(MODELS.names())
+
+
+def test_regression_targets_are_standardised_on_train_and_decoded():
+    from raydl.data import prepare
+    from raydl.spec import DataSpec
+
+    p = prepare(DataSpec(source="diabetes"))
+    assert abs(float(p.train.y.mean())) < 1e-5 and abs(float(p.train.y.std()) - 1) < 1e-4
+    assert p.prep.target_std > 10  # the raw label is in the tens to hundreds
+    raw = p.prep.decode_target(p.val.y)
+    assert np.allclose(p.prep.encode_target(raw), p.val.y, atol=1e-5)
+    # MSE/MAE come back in the label's units; R² is unchanged by the scale
+    s = batch_stats("regression", 0, 0.0, p.val.y + 0.1, p.val.y)
+    scaled = summarize("regression", 0, s, "v", target_std=p.prep.target_std)
+    assert scaled["v_mae"] == pytest.approx(0.1 * p.prep.target_std, rel=1e-4)
+    assert scaled["v_r2"] == pytest.approx(summarize("regression", 0, s, "v")["v_r2"])

@@ -17,7 +17,7 @@ BARS = {
     "digits_mlp.yaml": ("test_accuracy", 0.96),
     "breast_cancer_logreg.yaml": ("test_accuracy", 0.95),
     "xor_mlp.yaml": ("test_accuracy", 0.95),
-    "diabetes_regression.yaml": ("test_r2", 0.35),
+    "diabetes_regression.yaml": ("test_r2", 0.30),  # least squares: 0.339 on this split
 }
 
 

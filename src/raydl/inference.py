@@ -36,7 +36,7 @@ def metrics_on(model: LoadedModel, x_std: np.ndarray, y: np.ndarray, prefix: str
     """Metrics of a model on standardised inputs and encoded labels (class ids or targets)."""
     n_classes = len(model.prep.classes)
     s = evaluate_batches(model.module, _batches(x_std, y), model.loss, model.prep.task, n_classes, torch.device("cpu"), nullcontext)
-    return summarize(model.prep.task, n_classes, s, prefix)
+    return summarize(model.prep.task, n_classes, s, prefix, model.prep.target_std)
 
 
 def encode_labels(model: LoadedModel, table: pa.Table) -> np.ndarray:
@@ -45,7 +45,7 @@ def encode_labels(model: LoadedModel, table: pa.Table) -> np.ndarray:
         raise DataError(f"DATA: label column {prep.label!r} not in the data; columns: {table.column_names}")
     values = table.column(prep.label).to_numpy(zero_copy_only=False)
     if prep.task == "regression":
-        return values.astype(np.float32)
+        return prep.encode_target(values)
     index = {c: i for i, c in enumerate(prep.classes)}
     unknown = sorted({v.item() if hasattr(v, "item") else v for v in values} - set(index))
     if unknown:
@@ -67,7 +67,7 @@ def predict(model_dir: str | Path, source: str, out: str | Path) -> Path:
     logits = torch.from_numpy(model.logits(feature_matrix(table, model.features, where="DATA")))
     cols: dict[str, object] = {}
     if model.prep.task == "regression":
-        cols["prediction"] = logits.reshape(-1).numpy()
+        cols["prediction"] = model.prep.decode_target(logits.reshape(-1).numpy())
     else:
         probs = torch.softmax(logits, dim=1).numpy()
         cols["prediction"] = pa.array([model.prep.classes[i] for i in probs.argmax(1)])

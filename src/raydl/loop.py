@@ -194,7 +194,7 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {
             "epoch": epoch + 1,
             "train_loss": train_sums[0] / max(train_sums[1], 1),
-            **summarize(prep.task, n_classes, val, "val"),
+            **summarize(prep.task, n_classes, val, "val", prep.target_std),
             "lr": optimizer.param_groups[0]["lr"],
             "samples_per_sec": train_sums[1] / train_time,
             "time_per_step_s": train_time / max(train_sums[2], 1),

@@ -27,7 +27,9 @@ def batch_stats(task: str, n_classes: int, loss_sum: float, pred: np.ndarray, y:
     return out
 
 
-def summarize(task: str, n_classes: int, s: np.ndarray, prefix: str) -> dict[str, float]:
+def summarize(task: str, n_classes: int, s: np.ndarray, prefix: str, target_std: float = 1.0) -> dict[str, float]:
+    """Metrics from summed statistics. Regression errors were summed on standardised targets:
+    `target_std` brings MSE and MAE back to the label's units (R² does not depend on the scale)."""
     n = max(s[1], 1.0)
     m = {f"{prefix}_loss": s[0] / n}
     if task == "classification":
@@ -48,8 +50,8 @@ def summarize(task: str, n_classes: int, s: np.ndarray, prefix: str) -> dict[str
         sse, sae, sy, sy2 = s[2:]
         sst = sy2 - sy * sy / n
         m.update({
-            f"{prefix}_mse": sse / n,
-            f"{prefix}_mae": sae / n,
+            f"{prefix}_mse": sse / n * target_std**2,
+            f"{prefix}_mae": sae / n * target_std,
             f"{prefix}_r2": 1.0 - sse / sst if sst > 0 else 0.0,
         })
     return {k: float(v) for k, v in m.items()}
