@@ -289,7 +289,6 @@ def check(
     """One streaming pass over ``source`` against ``profile``; every verdict and number."""
     s = settings or CheckSettings()
     s.validate()
-    stats.prefetch_scipy()  # its import overlaps the data pass
     if model is not None and profile.model is None:
         raise DriftError("a model was given but the profile has no model scores; "
                          "rebuild it with --model")
