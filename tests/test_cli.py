@@ -35,7 +35,7 @@ def test_train_json_then_predict_and_evaluate(tmp_path):
     assert set(payload) == {"model_dir", "run_name", "metrics"} and payload["run_name"] == "digits-mlp"
     assert "epoch 4/4" in out.stderr  # progress went to stderr
     mdir = Path(payload["model_dir"])
-    assert sorted(p.name for p in mdir.iterdir()) >= sorted(["weights.pt", "spec.yaml", "preprocessing.json", "metrics.json", "manifest.json"])
+    assert {p.name for p in mdir.iterdir()} >= {"weights.pt", "spec.yaml", "preprocessing.json", "metrics.json", "manifest.json", "profile.json"}
     m = payload["metrics"]
     assert m["test_accuracy"] > 0.9 and m["samples_per_sec"] > 0 and m["time_to_first_step_s"] > 0
     manifest = json.loads((mdir / "manifest.json").read_text())
