@@ -102,5 +102,5 @@ def test_detector_api_and_registry(suite_dir) -> None:
     assert [f.name for f in res if f.drifted] == ["x00"]
     with pytest.raises(UnknownNameError, match="valid: all, output, reconstruction, univariate"):
         DETECTORS.get("ks")
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="registered twice"):
         DETECTORS.register("univariate")(UnivariateDetector)

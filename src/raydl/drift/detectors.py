@@ -23,7 +23,7 @@ from raydl.drift import stats
 from raydl.drift.errors import DriftError
 from raydl.drift.partial import CountPartial
 from raydl.drift.profile import Profile, ProfileSettings, build_profile
-from raydl.errors import UnknownNameError
+from raydl.registry import Registry
 
 FIXED_THRESHOLDS = {"js": 0.1, "kl": 0.1, "psi": 0.2}
 # Smallest effect a calibrated verdict reports (JS 0.001 bits; KL and PSI at the same
@@ -310,36 +310,7 @@ def check(
                        settings=asdict(s), features=feats, multivariate=mv, output=outp)
 
 
-class Registry:
-    """Name -> detector class; a second registration of a name raises."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._items: dict[str, type] = {}
-
-    def register(self, name: str):
-        def deco(cls: type) -> type:
-            if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
-            self._items[name] = cls
-            return cls
-
-        return deco
-
-    def get(self, name: str) -> type:
-        if name not in self._items:
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r} (valid: {', '.join(sorted(self._items))})")
-        return self._items[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._items
-
-    def names(self) -> list[str]:
-        return sorted(self._items)
-
-
-DETECTORS = Registry("detector")
+DETECTORS: Registry[type] = Registry("detector")
 
 
 class _Detector:
