@@ -227,9 +227,14 @@ def train_loop_per_worker(config: dict) -> None:
             tracker.log(metrics, step=epoch + 1)
             if progress is not None:
                 progress.put_nowait(metrics)
+        # `ray.train.report` is a barrier through the controller: call it only when a checkpoint is
+        # due (every K epochs, a new best, the end). `due` is the same on every rank, so every rank
+        # reports the same number of times. Per-epoch metrics reach W&B and the progress bar above.
         due = is_best or state.status != "running" or (epoch + 1) % ck.every_n_epochs == 0
+        if not due:
+            continue
         with tempfile.TemporaryDirectory() as d:
-            if rank == 0 and due:
+            if rank == 0:
                 payload = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
