@@ -387,16 +387,10 @@ def _phase(rec: dict, a: str, b: str) -> float | None:
 def _machine() -> str:
     import platform
 
-    psutil = _psutil()
+    from train_vs_torchrun import cpu_model  # bench/ is on sys.path when this runs as a script
 
-    cpu = "unknown"
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    psutil = _psutil()
+    cpu = cpu_model()
     import ray
     import torch
 

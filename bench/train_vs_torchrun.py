@@ -89,15 +89,18 @@ def torchrun_cmd(epochs: int) -> list[str]:
             "--epochs", str(epochs)]
 
 
-def machine() -> dict:
-    cpu = "unknown"
+def cpu_model() -> str:
     try:
         for ln in Path("/proc/cpuinfo").read_text().splitlines():
             if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
+                return ln.split(":", 1)[1].strip()
     except OSError:
         pass
+    return "unknown"
+
+
+def machine() -> dict:
+    cpu = cpu_model()
     try:
         kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
                   if ln.startswith("MemTotal"))

@@ -75,7 +75,7 @@ def _pids_of(temp_dir: str) -> list[int]:
     todo, seen = list(pids), set(pids)
     while todo:  # workers retitle themselves (ray::IDLE): take the raylets' descendants too
         pid = todo.pop()
-        for task in Path(f"/proc/{pid}/task").glob("*") if Path(f"/proc/{pid}").exists() else []:
+        for task in Path(f"/proc/{pid}/task").glob("*"):  # empty when the process is gone
             try:
                 kids = [int(c) for c in (task / "children").read_text().split()]
             except OSError:

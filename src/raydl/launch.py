@@ -238,7 +238,7 @@ def _finish(spec: JobSpec, prepared: Prepared, man: dict, rdir: Path, state, bes
     final.update(metrics_on(model, prepared.val.X, prepared.val.y, "val"))
     if len(prepared.test):
         final.update(metrics_on(model, prepared.test.X, prepared.test.y, "test"))
-    eff = [h for h in state.history[1:]] or state.history
+    eff = state.history[1:] or state.history  # steady state: the first epoch holds start-up costs
     final["samples_per_sec"] = float(np.median([h["samples_per_sec"] for h in eff]))
     final["time_per_step_s"] = float(np.median([h["time_per_step_s"] for h in eff]))
     final["time_to_first_step_s"] = next((h["time_to_first_step_s"] for h in state.history if math.isfinite(h["time_to_first_step_s"])), None)
