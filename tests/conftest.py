@@ -30,3 +30,30 @@ def ray_local():
 def storage(tmp_path):
     """A fresh storage path for runs."""
     return str(tmp_path / "runs")
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A directory nobody can write to, root included: a read-only tmpfs mounted over it (root
+    ignores permission bits), or plain 0o555 permissions for a non-root user."""
+    import subprocess
+
+    d = tmp_path / "readonly"
+    d.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(d)], capture_output=True).returncode == 0
+    if not mounted:
+        d.chmod(0o555)
+    probe = d / ".probe"
+    try:
+        probe.touch()
+    except OSError:
+        pass
+    else:
+        probe.unlink()
+        pytest.fail(f"could not make {d} read-only (no tmpfs mount and running as root)")
+    yield d
+    if mounted:
+        subprocess.run(["umount", str(d)], check=False)
+    else:
+        d.chmod(0o755)

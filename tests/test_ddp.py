@@ -28,7 +28,7 @@ def test_global_batches_do_not_depend_on_the_worker_count(n, world, batch):
 
 def _final_weights(storage: str, name: str) -> dict:
     (latest,) = sorted(Path(storage, name).glob("checkpoint_*/"))[-1:]
-    return torch.load(latest / STATE_FILE, map_location="cpu", weights_only=False)["model"]
+    return torch.load(latest / STATE_FILE, map_location="cpu", weights_only=True)["model"]
 
 
 def _spec(storage: str, name: str, loader: str, workers: int, batch: int) -> JobSpec:

@@ -38,13 +38,12 @@ def checkpoints(storage: Path) -> list[Path]:
 
 
 def checkpointed_epochs(storage: Path) -> list[int]:
-    """Epochs saved in the run's readable checkpoints (TrainState.next_epoch in state.pt)."""
-    import torch
+    """Epochs saved in the run's readable checkpoints (TrainState.next_epoch in state.json)."""
 
     out = []
     for c in checkpoints(storage):
         try:
-            out.append(torch.load(c / "state.pt", map_location="cpu", weights_only=False)["state"]["next_epoch"])
+            out.append(json.loads((c / "state.json").read_text())["next_epoch"])
         except Exception:  # a checkpoint cut off by the kill
             pass
     return out

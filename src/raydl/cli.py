@@ -94,9 +94,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from raydl.inference import evaluate
+    from raydl.model_dir import json_safe
 
     metrics = evaluate(args.model_dir, args.data)
-    print(json.dumps(metrics) if args.json else summary_table(metrics))
+    print(json.dumps(json_safe(metrics), allow_nan=False) if args.json else summary_table(metrics))
     return 0
 
 

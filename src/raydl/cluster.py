@@ -3,7 +3,9 @@
 Starting Ray is the largest start-up cost raydl controls (bench/RESULTS.md): an embedded
 `ray.init` takes seconds, a connect to a running head a fraction of one. The head keeps its own
 temp dir and a free port, and its address in `$RAYDL_HOME/cluster.json` (default `~/.raydl`).
-`down` stops only that head's processes, never other Ray instances on the machine.
+`up` runs `ray start` in a session of its own and records the head's processes (pid and start
+time); `down` stops only those and their descendants, never other Ray instances on the machine, and
+removes only the temp dir `up` made.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from raydl.errors import ResourceError
@@ -37,6 +40,7 @@ class LocalHead:
     temp_dir: str
     num_cpus: int
     started_at: float
+    pids: dict[int, int] = field(default_factory=dict)  # pid -> start time, recorded by `up`
 
     def reachable(self, timeout: float = 0.5) -> bool:
         host, _, port = self.address.rpartition(":")
@@ -47,13 +51,19 @@ class LocalHead:
             return False
 
 
+def _recorded() -> LocalHead | None:
+    try:
+        raw = json.loads(state_file().read_text())
+        raw["pids"] = {int(k): int(v) for k, v in raw.get("pids", {}).items()}  # JSON keys are strings
+        return LocalHead(**raw)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def running() -> LocalHead | None:
     """The local head recorded by `raydl cluster up`, if it answers."""
-    try:
-        head = LocalHead(**json.loads(state_file().read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-    return head if head.reachable() else None
+    head = _recorded()
+    return head if head is not None and head.reachable() else None
 
 
 def _free_port() -> int:
@@ -62,18 +72,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pids_of(temp_dir: str) -> list[int]:
-    """Processes whose command line names this head's temp dir (Linux /proc)."""
-    pids = []
-    for p in os.listdir("/proc"):
-        if p.isdigit() and int(p) != os.getpid():
-            try:
-                if temp_dir in Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    pids.append(int(p))
-            except OSError:
-                pass
+def _names(arg: str, temp_dir: str) -> bool:
+    """Whether one argv element names `temp_dir` itself or a path inside it (never a mere prefix:
+    /tmp/raydl-0-123 does not name /tmp/raydl-0-1234)."""
+    value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+    return value == temp_dir or value.startswith(temp_dir + "/")
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(session id, start time in clock ticks since boot) from /proc/PID/stat (fields 6 and 22).
+    With the pid, the start time names one process for good, so a reused pid is never taken for ours."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[3]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    st = _stat(pid)
+    return st[1] if st else None
+
+
+def _names_dir(pid: int, temp_dir: str) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return any(_names(a, temp_dir) for a in argv)
+
+
+def _descendants(pids: list[int]) -> list[int]:
     todo, seen = list(pids), set(pids)
-    while todo:  # workers retitle themselves (ray::IDLE): take the raylets' descendants too
+    while todo:  # workers retitle themselves (ray::IDLE): they are found as the raylet's children
         pid = todo.pop()
         for task in Path(f"/proc/{pid}/task").glob("*"):  # empty when the process is gone
             try:
@@ -87,11 +118,45 @@ def _pids_of(temp_dir: str) -> list[int]:
     return sorted(seen)
 
 
+def _head_processes(temp_dir: str, session: int | None = None) -> dict[int, int]:
+    """pid -> start time of the processes one of whose arguments names `temp_dir` (and, if given,
+    that belong to `session`: the one `up` started `ray start` in)."""
+    found = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        st = _stat(int(p))
+        if st and (session is None or st[0] == session) and _names_dir(int(p), temp_dir):
+            found[int(p)] = st[1]
+    return found
+
+
+def _ours(head: LocalHead) -> list[int]:
+    """The recorded processes that are still the same processes (same start time, still naming the
+    head's temp dir), and their descendants (the raylet's workers)."""
+    live = [pid for pid, st in head.pids.items() if _start_time(pid) == st and _names_dir(pid, head.temp_dir)]
+    return _descendants(live)
+
+
+def _stop(head: LocalHead) -> None:
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        for pid in _ours(head):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while _ours(head) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def _made_by_up(temp_dir: str) -> bool:
+    return re.fullmatch(rf"/tmp/raydl-{os.getuid()}-[A-Za-z0-9_]+", temp_dir) is not None
+
+
 def up(num_cpus: int | None = None) -> LocalHead:
     head = running()
     if head is not None:
         return head
-    temp_dir = f"/tmp/raydl-{os.getuid()}-{_free_port()}"  # short: Unix socket paths are limited
+    temp_dir = tempfile.mkdtemp(prefix=f"raydl-{os.getuid()}-", dir="/tmp")  # new, ours; short: Unix socket paths are limited
     port = _free_port()
     cpus = num_cpus or os.cpu_count() or 1
     ray_bin = str(Path(sys.executable).with_name("ray"))
@@ -99,12 +164,21 @@ def up(num_cpus: int | None = None) -> LocalHead:
     cmd = [ray_bin, "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}", f"--num-cpus={cpus}",
            "--include-dashboard=false", "--disable-usage-stats",
            f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    if out.returncode != 0:
-        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ResourceError(f"cluster up: `ray start --head` failed: {tail[0]}")
-    found = re.search(r"--address='([0-9A-Za-z.\-]+:\d+)'", out.stdout)  # the node's own IP, as Ray picked it
-    head = LocalHead(found.group(1) if found else f"127.0.0.1:{port}", temp_dir, cpus, time.time())
+    # In a session of its own, so the head's daemons (which outlive `ray start`) carry its pid as their session id.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+    found = re.search(r"--address='([0-9A-Za-z.\-]+:\d+)'", stdout)  # the node's own IP, as Ray picked it
+    head = LocalHead(found.group(1) if found else f"127.0.0.1:{port}", temp_dir, cpus, time.time(),
+                     _head_processes(temp_dir, session=proc.pid))
+    if proc.returncode != 0:
+        _stop(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ResourceError(f"cluster up: `ray start --head` failed (exit {proc.returncode}): {tail[0]}")
     state_file().parent.mkdir(parents=True, exist_ok=True)
     tmp = state_file().with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(head)))
@@ -113,20 +187,13 @@ def up(num_cpus: int | None = None) -> LocalHead:
 
 
 def down() -> bool:
-    """Stop the recorded head's processes (SIGTERM, then SIGKILL). False if none was recorded."""
-    try:
-        head = LocalHead(**json.loads(state_file().read_text()))
-    except (OSError, ValueError, TypeError):
+    """Stop the recorded head's processes (SIGTERM, then SIGKILL) and remove the temp dir `up` made.
+    False if none was recorded."""
+    head = _recorded()
+    if head is None:
         return False
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        for pid in _pids_of(head.temp_dir):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while _pids_of(head.temp_dir) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    shutil.rmtree(head.temp_dir, ignore_errors=True)
+    _stop(head)
+    if _made_by_up(head.temp_dir):
+        shutil.rmtree(head.temp_dir, ignore_errors=True)
     state_file().unlink(missing_ok=True)
     return True

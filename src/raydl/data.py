@@ -95,16 +95,35 @@ def feature_matrix(table: pa.Table, features: list[str], where: str = "data") ->
 def _infer_task(col: pa.ChunkedArray) -> str:
     if pa.types.is_floating(col.type):
         vals = col.to_numpy(zero_copy_only=False)
+        if not np.all(np.isfinite(vals)):
+            return "classification"  # _labels then names the NaN/inf values
         if np.all(np.isfinite(vals)) and np.all(vals == np.round(vals)) and len(np.unique(vals)) <= 20:
             return "classification"
         return "regression"
     return "classification"
 
 
+def _label_type_ok(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+            or pa.types.is_string(t) or pa.types.is_large_string(t))
+
+
 def _labels(col: pa.ChunkedArray, task: str, where: str) -> tuple[np.ndarray, list]:
+    if not _label_type_ok(col.type):
+        raise DataError(f"{where}.label: the label column has type {col.type}; a label must be an integer, "
+                        "float, bool or string (categorical) column")
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
     if col.null_count:
         raise DataError(f"{where}.label: the label column has {col.null_count} missing value(s)")
     values = col.to_numpy(zero_copy_only=False)
+    if pa.types.is_floating(col.type):
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise DataError(f"{where}.label: the label column has {int(bad.sum())} NaN or infinite value(s) "
+                            f"(first at row {int(np.argmax(bad))}); drop or fill them")
     if task == "regression":
         if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
             raise DataError(f"{where}.label: regression needs a numeric label, got type {col.type}")

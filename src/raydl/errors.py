@@ -27,3 +27,7 @@ class TrainingDiverged(RaydlError):
 
 class UnknownNameError(RaydlError):
     """A registry was asked for a name it does not hold."""
+
+
+class OutputError(RaydlError):
+    """An output path cannot be written (a directory, under a file, read-only, not creatable)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -17,14 +16,16 @@ from raydl.errors import DataError
 from raydl.loop import evaluate_batches
 from raydl.metrics import summarize
 from raydl.model_dir import LoadedModel, load_model
+from raydl.paths import output_file, write_atomic
 from raydl.spec import DataSpec
 
 
 def load_data(source: str) -> pa.Table:
     """A built-in dataset name (as trained: same seed and size) or a Parquet/CSV path or URI."""
-    if source in DATASETS:
-        return DATASETS.get(source).load(DataSpec(source=source))
-    return read_table(source, where="DATA")
+    table = DATASETS.get(source).load(DataSpec(source=source)) if source in DATASETS else read_table(source, where="DATA")
+    if table.num_rows == 0:
+        raise DataError(f"DATA: {source!r} has no rows; there is nothing to predict or evaluate")
+    return table
 
 
 def _batches(x: np.ndarray, y: np.ndarray, size: int = 4096):
@@ -62,6 +63,7 @@ def evaluate(model_dir: str | Path, source: str) -> dict[str, float]:
 
 def predict(model_dir: str | Path, source: str, out: str | Path) -> Path:
     """Write predictions (and class probabilities) to a Parquet file, atomically."""
+    out = output_file(out, "--out")  # checked before any work
     model = load_model(model_dir)
     table = load_data(source)
     logits = torch.from_numpy(model.logits(feature_matrix(table, model.features, where="DATA")))
@@ -73,9 +75,6 @@ def predict(model_dir: str | Path, source: str, out: str | Path) -> Path:
         cols["prediction"] = pa.array([model.prep.classes[i] for i in probs.argmax(1)])
         for i, c in enumerate(model.prep.classes):
             cols[f"prob_{c}"] = probs[:, i]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    pq.write_table(pa.table(cols), tmp)
-    os.replace(tmp, out)
-    return out
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table(cols), buf)
+    return write_atomic(out, buf.getvalue().to_pybytes())

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,10 +25,13 @@ from raydl.losses import build_loss
 from raydl.model_dir import LoadedModel, manifest, write_json_atomic, write_model_dir
 from raydl.models import build_model
 from raydl.optim import OPTIMIZERS
+from raydl.paths import output_dir
+from raydl.runlock import RunLock, lock_path
 from raydl.sharding import choose_loader
 from raydl.spec import JobSpec, spec_to_yaml
 
 log = logging.getLogger("raydl")
+MAX_PARAMS = 500_000_000
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,12 @@ def resolve(spec: JobSpec) -> Prepared:
     prepared = prepare(spec.data, min_train_rows=spec.scaling.num_workers)
     prep = prepared.prep
     loss = build_loss(spec.loss, prep.task, len(prep.classes))
-    build_model(spec.model, len(prep.features), loss.n_outputs(len(prep.classes)), prep.image_shape)
+    with torch.device("meta"):  # shapes only: nothing is allocated, so a huge model fails here, not in malloc
+        model = build_model(spec.model, len(prep.features), loss.n_outputs(len(prep.classes)), prep.image_shape)
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params > MAX_PARAMS:
+        raise SpecError(f"model: {spec.model.name} with hidden={spec.model.hidden} on {len(prep.features)} features has "
+                        f"{n_params:,} parameters; at most {MAX_PARAMS:,} are allowed (4 bytes each, times ~4 with Adam's state)")
     names = metric_names(prep.task)
     problems = [
         f"{where}: unknown metric {m!r} for a {prep.task} task; valid: {', '.join(names)}"
@@ -68,8 +77,11 @@ def resolve(spec: JobSpec) -> Prepared:
 def connect(address: str | None) -> bool:
     """Connect to `address` (or RAY_ADDRESS, or `raydl cluster up`'s head), else start an embedded
     local Ray. True if we started it."""
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if not address:
+    if address or os.environ.get("RAY_ADDRESS"):
+        where = "--address" if address else "RAY_ADDRESS"
+        address = address or os.environ["RAY_ADDRESS"]
+        check_address(address, where)  # Ray would retry a closed port for minutes
+    else:
         from raydl import cluster
 
         head = cluster.running()
@@ -100,6 +112,31 @@ def connect(address: str | None) -> bool:
 
     DataContext.get_current().enable_progress_bars = False
     return True
+
+
+def check_address(address: str, where: str = "--address", timeout: float = 2.0) -> None:
+    """Fail in seconds, with one line, when `address` is malformed or nothing listens there (Ray itself
+    retries a closed port for minutes, and raises a bare ValueError on a malformed address).
+    Ray takes `auto`, `host:port` (the GCS, as `ray start --head` prints it) or `ray://host:port`."""
+    if address == "auto":
+        return
+    said = f"{where} {address!r}" if where == "--address" else f"{where}={address!r}"
+    if address.startswith(("http://", "https://")):
+        raise ResourceError(f"{said}: an http(s) URL is the Ray Jobs API, not a cluster address; give the GCS "
+                            "address host:port as `ray start --head` prints it (e.g. 127.0.0.1:6379), or ray://host:port")
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not sep or not host or "/" in host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ResourceError(f"{said}: not a Ray address; expected host:port (e.g. 127.0.0.1:6379), ray://host:port or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        why = ("nothing is listening there (connection refused)" if isinstance(e, ConnectionRefusedError) else
+               f"cannot resolve host {host!r}" if isinstance(e, socket.gaierror) else
+               f"cannot reach it ({'timed out' if isinstance(e, TimeoutError) else e.strerror or e})")
+        raise ResourceError(f"{said}: {why}; start a cluster with `raydl cluster up` or `ray start --head`, "
+                            "or give the address of a running one") from None
 
 
 def check_resources(spec: JobSpec) -> None:
@@ -144,23 +181,33 @@ def run_dir(spec: JobSpec) -> Path:
 def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
           on_epoch: Callable[[dict], None] | None = None, launch_ts: float | None = None) -> TrainResult:
     launch_ts = launch_ts or float(os.environ.get("RAYDL_LAUNCH_TS") or time.time())
+    # Checked before anything is read or written:
+    output_dir(Path(spec.run.storage_path).expanduser(), "run.storage_path")
+    if address or os.environ.get("RAY_ADDRESS"):
+        check_address(address or os.environ["RAY_ADDRESS"], "--address" if address else "RAY_ADDRESS")
     prepared = resolve(spec)
     rdir = run_dir(spec)
-    if restart and rdir.exists():
-        shutil.rmtree(rdir)
-    rdir.mkdir(parents=True, exist_ok=True)
-    (rdir / "spec.yaml").write_text(spec_to_yaml(spec))
-    man = manifest(spec, prepared.fingerprint)
+    # One driver per run: held before the run dir is removed (--restart) or written, until Ray is shut down.
+    with RunLock(lock_path(spec.run.storage_path, spec.run.name), run=spec.run.name, where=rdir):
+        if restart and rdir.exists():
+            shutil.rmtree(rdir)
+        rdir.mkdir(parents=True, exist_ok=True)
+        from raydl.loop import refuse_code
 
-    started = connect(address)
-    try:
-        check_resources(spec)
-        result = _fit(spec, prepared, man, rdir, launch_ts, on_epoch)
-    finally:
-        if started:
-            import ray
+        for ckpt in sorted(p for p in rdir.glob("checkpoint_*") if p.is_dir()):
+            refuse_code(str(ckpt))  # a crafted checkpoint is refused here, with one line, before any worker reads it
+        (rdir / "spec.yaml").write_text(spec_to_yaml(spec))
+        man = manifest(spec, prepared.fingerprint)
 
-            ray.shutdown()
+        started = connect(address)
+        try:
+            check_resources(spec)
+            result = _fit(spec, prepared, man, rdir, launch_ts, on_epoch)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
     return result
 
 
@@ -169,7 +216,7 @@ def _fit(spec, prepared: Prepared, man: dict, rdir: Path, launch_ts: float, on_e
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raydl.loop import STATE_FILE, TrainState, train_loop_per_worker
+    from raydl.loop import load_checkpoint, train_loop_per_worker
 
     sc = spec.scaling
     queue = stop = pump = None
@@ -215,8 +262,7 @@ def _fit(spec, prepared: Prepared, man: dict, rdir: Path, launch_ts: float, on_e
             stop.set()
             pump.join(timeout=5)
     with result.checkpoint.as_directory() as d:
-        saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
-    state = TrainState(**saved["state"])
+        saved, state = load_checkpoint(d)
     if state.status == "diverged":
         epoch, step = state.diverged_at
         raise TrainingDiverged(

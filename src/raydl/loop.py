@@ -30,7 +30,8 @@ from raydl.sharding import InMemoryShards, RayDataShards
 from raydl.spec import JobSpec
 from raydl.tracking import start_tracker
 
-STATE_FILE = "state.pt"
+STATE_FILE = "state.pt"  # tensors only: weights, optimizer, schedule, scaler, best weights
+LOOP_STATE_FILE = "state.json"  # the loop's own state (epochs, best values, history) as plain JSON
 
 
 @dataclass
@@ -45,6 +46,57 @@ class TrainState:
     status: str = "running"  # running | finished | early_stopped | diverged
     diverged_at: tuple[int, int] | None = None
     history: list[dict] = field(default_factory=list)
+
+
+def save_checkpoint(d: str, tensors: dict, state: TrainState) -> None:
+    """Write a checkpoint into directory `d`: tensors with torch.save, the loop state as JSON."""
+    import json
+
+    for name, write in ((STATE_FILE, lambda f: torch.save(tensors, f)),
+                        (LOOP_STATE_FILE, lambda f: f.write(json.dumps(asdict(state)).encode()))):
+        tmp = os.path.join(d, name + ".tmp")
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, os.path.join(d, name))
+
+
+def load_checkpoint(d: str) -> tuple[dict, TrainState]:
+    """Read a checkpoint written by `save_checkpoint`. Tensors are loaded with weights_only=True, so
+    a crafted pickle cannot run code; anything that is not a raydl checkpoint is refused."""
+    import json
+    import pickle
+
+    from raydl.errors import DataError
+
+    path = os.path.join(d, STATE_FILE)
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+        with open(os.path.join(d, LOOP_STATE_FILE), "rb") as f:
+            raw = json.loads(f.read().decode("utf-8"))
+        state = TrainState(**raw)
+        if state.diverged_at is not None:
+            state.diverged_at = tuple(state.diverged_at)
+        if not isinstance(tensors, dict) or "model" not in tensors:
+            raise ValueError("no model weights")
+    except (pickle.UnpicklingError, OSError, RuntimeError, ValueError, TypeError, EOFError) as e:
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise DataError(f"checkpoint {path}: not a raydl checkpoint, or it holds more than tensors and plain state "
+                        f"(refusing to unpickle code: {why}); delete it or run again with --restart") from None
+    return tensors, state
+
+
+def refuse_code(d: str) -> None:
+    """Raise if checkpoint `d` holds a pickle with more than tensors (a checkpoint cut off by a kill,
+    which Ray Train skips, is left alone)."""
+    import pickle
+
+    path = os.path.join(d, STATE_FILE)
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        load_checkpoint(d)  # raises the one-line error
+    except Exception:  # noqa: BLE001 (truncated or missing: not ours to judge here)
+        pass
 
 
 def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -119,12 +171,12 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+            saved, state = load_checkpoint(d)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
-        state, best_weights = TrainState(**saved["state"]), saved["best_model"]
+        best_weights = saved["best_model"]
     ddp_model = ray.train.torch.prepare_model(model)  # moves to device; DDP when world > 1
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -235,13 +287,11 @@ def train_loop_per_worker(config: dict) -> None:
             continue
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
-                payload = {
+                tensors = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "state": asdict(state), "best_model": best_weights,
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best_model": best_weights,
                 }
-                torch.save(payload, os.path.join(d, STATE_FILE + ".tmp"))
-                os.replace(os.path.join(d, STATE_FILE + ".tmp"), os.path.join(d, STATE_FILE))
+                save_checkpoint(d, tensors, state)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
             else:
                 ray.train.report(metrics)

@@ -35,20 +35,20 @@ from raydl.spec import JobSpec, spec_from_dict, spec_to_yaml
 FILES = ("weights.pt", "spec.yaml", "preprocessing.json", "metrics.json", "manifest.json")
 
 
-def _clean(obj):
+def json_safe(obj):
     """JSON-safe: NaN/inf become null."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
 def write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_clean(obj), indent=2, sort_keys=False))
+    tmp.write_text(json.dumps(json_safe(obj), indent=2, sort_keys=False))
     os.replace(tmp, path)
 
 
@@ -83,7 +83,7 @@ def write_model_dir(path: Path, weights: dict, spec: JobSpec, prep: Preprocessin
         torch.save(weights, tmp / "weights.pt")
         (tmp / "spec.yaml").write_text(spec_to_yaml(spec))
         (tmp / "preprocessing.json").write_text(json.dumps(prep.to_dict(), indent=2))
-        (tmp / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
         (tmp / "manifest.json").write_text(json.dumps(man, indent=2))
         old = None
         if path.exists():
@@ -132,6 +132,12 @@ def load_model(path: str | Path) -> LoadedModel:
     prep = Preprocessing.from_dict(json.loads((path / "preprocessing.json").read_text()))
     loss = build_loss(spec.loss, prep.task, len(prep.classes))
     module = build_model(spec.model, len(prep.features), loss.n_outputs(len(prep.classes)), prep.image_shape)
-    module.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
+    weights = path / "weights.pt"
+    try:
+        module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except Exception as e:  # empty, truncated, random bytes, a pickle with code, or another architecture
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise DataError(f"{weights}: not loadable as the weights of this model ({why}); "
+                        "it must be a tensor state_dict written by raydl train") from None
     module.eval()
     return LoadedModel(module, spec, prep, loss)

@@ -18,10 +18,39 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raydl.errors import SpecError
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+MAX_SPEC_BYTES = 1 << 20  # a job spec is a page of YAML; anything larger is a mistake
+MAX_ECHO = 80  # characters of a bad value echoed back in an error
+MAX_WIDTH = 65_536  # one hidden layer
+MAX_SYNTHETIC_ROWS = 10_000_000
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML already types its scalars, so `epochs: true` or `num_workers: 2.5` is a mistake,
+    # not something to coerce (an int is still accepted where a float is asked for).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _echo(value: Any) -> str:
+    """repr of a bad value, cut to MAX_ECHO characters (a 50 MiB value is not echoed whole)."""
+    r = repr(value)
+    if len(r) <= MAX_ECHO:
+        return r
+    size = f"{len(value)} chars" if isinstance(value, str) else f"{len(r)} chars as text"
+    return f"{r[:MAX_ECHO]}... ({size})"
 
 
 class RunSpec(_Section):
@@ -52,7 +81,7 @@ class DataSpec(_Section):
     seed: int = Field(0, ge=0)
     standardize: Literal["feature", "global", "none"] = "feature"
     loader: Literal["auto", "in_memory", "ray_data"] = "auto"
-    n_samples: int | None = Field(None, ge=1, description="rows for synthetic datasets")
+    n_samples: int | None = Field(None, ge=1, le=MAX_SYNTHETIC_ROWS, description="rows for synthetic datasets")
     noise: float | None = Field(None, ge=0)
 
 
@@ -67,8 +96,8 @@ class ModelSpec(_Section):
     @field_validator("hidden")
     @classmethod
     def _positive_widths(cls, v: list[int]) -> list[int]:
-        if any(w < 1 for w in v):
-            raise ValueError("every hidden width must be at least 1")
+        if any(w < 1 or w > MAX_WIDTH for w in v):
+            raise ValueError(f"every hidden width must be at least 1 and at most {MAX_WIDTH}")
         return v
 
 
@@ -175,7 +204,7 @@ def _format_errors(err: ValidationError, origin: str) -> str:
         elif e["type"] == "missing":
             msg = "required key is missing"
         got = e.get("input")
-        got_s = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+        got_s = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {_echo(got)})"
         lines.append(f"{path}: {msg}{got_s}")
     n = len(lines)
     head = f"invalid job spec {origin}: {n} problem{'s' if n > 1 else ''}: "
@@ -186,11 +215,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """`optim.lr=3e-3` -> (["optim", "lr"], 0.003). Values are parsed as YAML scalars/lists."""
     key, sep, raw = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise SpecError(f"bad override {text!r}: expected dotted.key=value, e.g. optimizer.lr=3e-3")
+        raise SpecError(f"bad override {_echo(text)}: expected dotted.key=value, e.g. optimizer.lr=3e-3")
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError(f"override {key[:MAX_ECHO]!r} is {len(text)} characters long; at most {MAX_SPEC_BYTES} are allowed")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw != "" else ""  # noqa: S506
     except yaml.YAMLError as e:
-        raise SpecError(f"bad override {text!r}: value is not valid YAML ({e.problem})") from None
+        raise SpecError(f"bad override {_echo(text)}: value is not valid YAML ({e.problem})") from None
     if isinstance(value, str) and _FLOAT.fullmatch(value):
         value = float(value)  # YAML 1.1 reads 3e-3 (no dot) as a string
     return key.split("."), value
@@ -224,8 +255,18 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"job spec not found: {p} (pass the path of a YAML file)")
+    size = p.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(f"job spec {p} is {size} bytes; a spec may be at most {MAX_SPEC_BYTES} bytes (1 MiB)")
+    data = p.read_bytes()
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bom = " (it starts with a UTF-16 byte-order mark)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise SpecError(f"job spec {p} is not UTF-8 text{bom}: byte 0x{data[e.start]:02x} at offset {e.start}; "
+                        "save it as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -29,6 +29,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     """Build a reference profile and write it."""
     from raydl.drift.ood import ModelScorer
     from raydl.drift.profile import ProfileSettings, build_profile
+    from raydl.paths import output_file
+
+    output_file(args.out, "--out")  # before any work
 
     settings = ProfileSettings(n_bins=args.bins, variance_share=args.variance,
                                percentile=args.percentile, ood_percentile=args.ood_percentile,
@@ -72,9 +75,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Check DATA against a profile; print a summary; write JSON / HTML / W&B as asked."""
     from raydl.drift.detectors import FIXED_THRESHOLDS, CheckSettings, check
     from raydl.drift.ood import ModelScorer
-    from raydl.drift.profile import load_profile, write_atomic
+    from raydl.drift.profile import load_profile
     from raydl.drift.report import log_wandb, write_report
+    from raydl.paths import output_file, write_atomic
 
+    for flag, path in (("--json", args.json), ("--report", args.report)):
+        if path:
+            output_file(path, flag)  # before any work
     prof = load_profile(args.profile)
     fixed = dict(FIXED_THRESHOLDS)
     if args.js_threshold is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from raydl.drift import stats
 from raydl.drift.errors import DataError, DriftError, ProfileError
 from raydl.drift.ood import DIRECTION, SCORES, output_scores
 from raydl.drift.partial import CountPass, ProfilePass, residual_map, standardise
+from raydl.paths import write_atomic  # the one atomic writer
 
 FORMAT = "raydl.drift.profile"
 VERSION = 1
@@ -124,22 +124,6 @@ class Profile:
     def save(self, out: str | os.PathLike) -> Path:
         """Write the profile atomically; returns its path."""
         return write_atomic(out, json.dumps(self.doc, indent=1, allow_nan=False))
-
-
-def write_atomic(out: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``out`` via a temp file in the same folder + os.replace."""
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def load_profile(path: str | os.PathLike) -> Profile:

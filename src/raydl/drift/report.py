@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from raydl.drift.profile import write_atomic
+from raydl.paths import write_atomic
 
 REF_COLOR, CUR_COLOR = "#4a7bd0", "#e0703a"
 
