@@ -137,7 +137,7 @@ def _closed_port() -> int:
 
 
 @pytest.mark.parametrize(("address", "words"), [
-    (f"127.0.0.1:{_closed_port()}", ["nothing answers", "connection refused"]),
+    (f"127.0.0.1:{_closed_port()}", ["nothing is listening", "connection refused"]),
     ("garbage", ["expected host:port"]),
     ("http://127.0.0.1:8265", ["Ray Jobs"]),
 ])

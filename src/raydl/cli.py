@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 from raydl.errors import RaydlError
@@ -55,15 +57,53 @@ def _json_stdout() -> int:
     return real
 
 
+_received: list[int] = []  # the signals _on_signal has seen
+
+
+def _on_signal(signum: int, frame) -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread, so `finally` blocks (ray.shutdown,
+    the run lock) run; the exit status says which signal it was (128 + signum)."""
+    _received.append(signum)
+    raise KeyboardInterrupt
+
+
+def _last_checkpoint_epoch(rdir) -> int | None:
+    """Epochs done in the checkpoint a rerun resumes from: Ray Train's latest registered checkpoint
+    (its snapshot can lag the checkpoint dirs on disk), read from the loop state raydl saves in it."""
+    from pathlib import Path
+
+    try:
+        snap = json.loads((Path(rdir) / "checkpoint_manager_snapshot.json").read_text())
+        latest = Path(rdir) / snap["latest_checkpoint_result"]["checkpoint_dir_name"]
+        return int(json.loads((latest / "state.json").read_text())["next_epoch"])  # loop.LOOP_STATE_FILE
+    except Exception:  # no checkpoint yet, or a format this version does not know
+        return None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from raydl.launch import train
+    from raydl.launch import run_dir, train
     from raydl.spec import load_spec
 
     launch_ts = float(os.environ.get("RAYDL_LAUNCH_TS") or time.time())
     spec = load_spec(args.spec, args.overrides)
     out_fd = _json_stdout() if args.json else None
     progress = Progress(spec.training.epochs)
-    result = train(spec, address=args.address, restart=args.restart, on_epoch=progress, launch_ts=launch_ts)
+    try:
+        result = train(spec, address=args.address, restart=args.restart, on_epoch=progress, launch_ts=launch_ts)
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Ray Train's fit() swaps in its own SIGINT handler: it aborts the workers and the controller,
+        # then raises SystemExit (1 in Ray 2.60). train() has shut Ray down by the time we are here.
+        if isinstance(e, SystemExit) and signal.getsignal(signal.SIGINT) is _on_signal:
+            raise
+        progress.close()
+        epoch = _last_checkpoint_epoch(run_dir(spec))
+        if epoch:
+            kept = f"its last checkpoint (epoch {epoch}) is kept"
+        else:
+            kept = "its last checkpoint is kept" if any(run_dir(spec).glob("checkpoint_*")) else "it had no checkpoint yet"
+        print(f"raydl: interrupted: run {spec.run.name} stopped; {kept}; run the same command again to resume",
+              file=sys.stderr)
+        return 128 + (_received[-1] if _received and not isinstance(e, SystemExit) else signal.SIGINT)
     progress.close()
     if out_fd is not None:
         payload = {"model_dir": str(result.model_dir), "run_name": result.run_name, "metrics": result.metrics}
@@ -169,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _received.clear()
+    handled = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if handled else {}
     try:
         return args.func(args)
     except RaydlError as e:
@@ -178,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         print("raydl: interrupted", file=sys.stderr)
-        return 130
+        return 128 + (_received[-1] if _received else signal.SIGINT)
     except Exception as e:  # an unexpected failure: one line, unless --debug
         if args.debug:
             raise
@@ -189,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         first = (str(e).strip().splitlines() or [""])[0]
         print(f"raydl: error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _root_raydl_error(e: BaseException) -> RaydlError | None:

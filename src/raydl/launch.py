@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -199,7 +200,12 @@ def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
         (rdir / "spec.yaml").write_text(spec_to_yaml(spec))
         man = manifest(spec, prepared.fingerprint)
 
+        term = signal.getsignal(signal.SIGTERM)
         started = connect(address)
+        if callable(term) and threading.current_thread() is threading.main_thread():
+            # ray.init puts a fatal-signal handler on SIGTERM (stack dump, then abort): keep the caller's
+            # (the CLI's raises KeyboardInterrupt, so the finally below shuts Ray down).
+            signal.signal(signal.SIGTERM, term)
         try:
             check_resources(spec)
             result = _fit(spec, prepared, man, rdir, launch_ts, on_epoch)

@@ -1,0 +1,216 @@
+"""Concurrent runs of one name, and stopping a run with a signal.
+
+The unit tests exercise `raydl.runlock` without Ray. The slow ones run the real `raydl`
+executable (an embedded Ray each) on a tiny XOR spec, and signal only that driver: it starts its
+embedded Ray's processes itself, so they are found as its descendants and cleaned up by pid
+(never `ray stop`, which would stop other people's Ray too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from clusters import REPO, Raydl, alive, descendants, kill_all, ray_env
+
+from raydl.cli import main
+from raydl.errors import RaydlError
+from raydl.runlock import RunLock, RunLockedError, lock_path, read_holder
+
+XOR = str(REPO / "configs" / "xor_mlp.yaml")
+NAME = "cc"
+EPOCHS = 200
+
+
+# ---- runlock, no Ray -------------------------------------------------------------------------
+
+
+def test_second_lock_on_the_same_run_is_refused_with_the_holder(tmp_path):
+    path = lock_path(str(tmp_path), NAME)
+    with RunLock(path, run=NAME, where=tmp_path / NAME):
+        assert read_holder(path)["pid"] == os.getpid()
+        with pytest.raises(RunLockedError) as err:
+            RunLock(path, run=NAME, where=tmp_path / NAME).acquire()
+    msg = str(err.value)
+    assert isinstance(err.value, RaydlError) and err.value.exit_code == 2
+    assert msg.startswith(f"run {NAME} is already running (pid {os.getpid()} on host ")
+    assert msg.endswith(f", {tmp_path / NAME}); wait for it, or pick another run.name")
+    with RunLock(path, run=NAME):  # released at the end of the `with`
+        pass
+
+
+def _fork(body) -> int:
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery, just the body and a hard exit
+        try:
+            body()
+        finally:
+            os._exit(0)
+    return pid
+
+
+def test_lock_of_a_live_process_blocks_and_of_a_dead_one_does_not(tmp_path):
+    path = lock_path(str(tmp_path), NAME)
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+
+    def hold() -> None:
+        RunLock(path, run=NAME).acquire()  # never released: the process just ends
+        os.write(ready_w, b"x")
+        os.read(go_r, 1)
+
+    child = _fork(hold)
+    try:
+        assert os.read(ready_r, 1) == b"x"
+        with pytest.raises(RunLockedError, match=f"pid {child} on host"):
+            RunLock(path, run=NAME).acquire()
+    finally:
+        os.write(go_w, b"x")
+        os.waitpid(child, 0)
+    assert read_holder(path)["pid"] == child, "the dead holder's record is left behind"
+    with RunLock(path, run=NAME):
+        assert read_holder(path)["pid"] == os.getpid()
+
+
+def test_lock_file_lives_beside_the_run_dir_and_uris_lock_under_raydl_home(tmp_path, monkeypatch):
+    path = lock_path(str(tmp_path / "runs"), NAME)
+    assert path == (tmp_path / "runs" / f".{NAME}.lock").resolve(), "outside what --restart deletes"
+    monkeypatch.setenv("RAYDL_HOME", str(tmp_path / "home"))
+    uri = lock_path("s3://bucket/runs", NAME)
+    assert uri.parent == tmp_path / "home" / "locks"
+    assert uri == lock_path("s3://bucket/runs/", NAME) != lock_path("s3://bucket/runs", "other")
+
+
+def test_cli_refuses_a_run_and_a_restart_that_another_driver_holds(tmp_path, capsys):
+    storage = tmp_path / "runs"
+    rdir = storage / NAME
+    (rdir / "checkpoint_x").mkdir(parents=True)
+    args = ["train", XOR, f"run.storage_path={storage}", f"run.name={NAME}", "tracking=none"]
+    with RunLock(lock_path(str(storage), NAME), run=NAME, where=rdir.resolve()):
+        for extra in ([], ["--restart"]):
+            t0 = time.monotonic()
+            assert main([*args, *extra]) == 2
+            assert time.monotonic() - t0 < 30
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err == [f"raydl: error: run {NAME} is already running (pid {os.getpid()} on host {os.uname().nodename} "
+                           f"since {read_holder(lock_path(str(storage), NAME))['started_at']}, {rdir.resolve()}); "
+                           "wait for it, or pick another run.name"]
+    assert sorted(p.name for p in rdir.iterdir()) == ["checkpoint_x"], "--restart touched a held run"
+
+
+# ---- real runs -------------------------------------------------------------------------------
+
+
+def train_args(storage: Path, *extra: str) -> list[str]:
+    return [
+        "train", XOR, f"run.storage_path={storage}", f"run.name={NAME}", f"training.epochs={EPOCHS}",
+        "checkpoint.every_n_epochs=1", "data.n_samples=400", "scaling.num_workers=1", "tracking=none", *extra,
+    ]
+
+
+def checkpoints(storage: Path) -> list[Path]:
+    return sorted(p for p in (storage / NAME).glob("checkpoint_*") if p.is_dir())
+
+
+def resumable_epoch(storage: Path) -> int:
+    """Epochs done in the checkpoint Ray Train resumes from (its latest registered one)."""
+    snap = json.loads((storage / NAME / "checkpoint_manager_snapshot.json").read_text())
+    latest = storage / NAME / snap["latest_checkpoint_result"]["checkpoint_dir_name"]
+    return json.loads((latest / "state.json").read_text())["next_epoch"]
+
+
+def start(storage: Path, *extra: str) -> Raydl:
+    run = Raydl(train_args(storage, *extra), env=ray_env())
+    registered = storage / NAME / "checkpoint_manager_snapshot.json"  # Ray Train's record lags the dirs
+    run.wait_until(lambda: registered.exists() and len(run.epochs()) >= 2, 300, "a registered checkpoint and epoch 2")
+    return run
+
+
+def stop_with(run: Raydl, sig: signal.Signals, timeout: float = 60) -> tuple[int, list[int]]:
+    """Send `sig` to the driver only; return its exit code and whichever of its processes outlived it."""
+    tree = descendants(run.proc.pid)  # the embedded Ray: gcs, raylet, its workers, the Train controller
+    assert tree, "the driver started no processes (no embedded Ray?)"
+    os.kill(run.proc.pid, sig)
+    rc = run.finish(timeout)
+    deadline = time.monotonic() + 15
+    while any(alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in tree if alive(p)]
+    kill_all(left)
+    return rc, left
+
+
+def assert_interrupted(run: Raydl, storage: Path, rc: int, expected_rc: int, left: list[int]) -> int:
+    assert rc == expected_rc, run.stderr[-3000:]
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("raydl:")]
+    assert len(lines) == 1, run.stderr[-3000:]
+    saved = resumable_epoch(storage)  # the checkpoint is intact and readable
+    assert lines[0] == (f"raydl: interrupted: run {NAME} stopped; its last checkpoint (epoch {saved}) is kept; "
+                        "run the same command again to resume")
+    assert 1 <= saved < EPOCHS
+    assert not left, f"processes of the stopped driver still ran: {left}"
+    assert not (storage / NAME / "model").exists()
+    return saved
+
+
+@pytest.mark.slow
+def test_running_run_refuses_a_second_driver_and_a_restart_then_signals_stop_it_and_it_resumes(tmp_path):
+    storage = tmp_path / "runs"
+    first = start(storage)
+    try:
+        rdir = storage / NAME
+        inode, spec_mtime = rdir.stat().st_ino, (rdir / "spec.yaml").stat().st_mtime_ns
+        for extra in ([], ["--restart"]):
+            t0 = time.monotonic()
+            second = Raydl(train_args(storage, *extra), env=ray_env())
+            assert second.finish(60) == 2, second.stderr[-3000:]
+            assert time.monotonic() - t0 < 30, "the refusal was not at once"
+            lines = second.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"raydl: error: run {NAME} is already running (pid {first.proc.pid} on host "), lines
+            assert lines[0].endswith(f", {rdir.resolve()}); wait for it, or pick another run.name")
+        assert rdir.stat().st_ino == inode and (rdir / "spec.yaml").stat().st_mtime_ns == spec_mtime, "--restart touched the running run"
+        assert first.proc.poll() is None, "the refusals disturbed the running run"
+        at = len(first.epochs())
+        first.wait_until(lambda: len(first.epochs()) > at, 60, "an epoch after the refusals")
+
+        rc, left = stop_with(first, signal.SIGINT)
+    finally:
+        first.kill()
+    saved = assert_interrupted(first, storage, rc, 130, left)
+
+    # The same command resumes after the checkpoint; SIGTERM stops it the same way (143).
+    again = start(storage)
+    try:
+        assert again.epochs()[0] == saved + 1, f"resumed at epoch {again.epochs()[0]}, checkpoint held {saved}"
+        rc, left = stop_with(again, signal.SIGTERM)
+    finally:
+        again.kill()
+    assert assert_interrupted(again, storage, rc, 143, left) > saved
+
+
+@pytest.mark.slow
+def test_lock_of_a_sigkilled_driver_does_not_block_the_next_run(tmp_path):
+    storage = tmp_path / "runs"
+    first = start(storage)
+    tree = descendants(first.proc.pid)
+    try:
+        os.kill(first.proc.pid, signal.SIGKILL)  # the driver only; its embedded Ray outlives it
+        first.proc.wait(timeout=30)
+    finally:
+        kill_all([p for p in tree if alive(p)])
+        first.kill()
+    assert read_holder(lock_path(str(storage), NAME))["pid"] == first.proc.pid, "the dead driver's record stays"
+    saved = resumable_epoch(storage)
+
+    second = start(storage)
+    try:
+        assert second.epochs()[0] == saved + 1, f"resumed at epoch {second.epochs()[0]}, checkpoint held {saved}"
+        assert read_holder(lock_path(str(storage), NAME))["pid"] == second.proc.pid
+        rc, left = stop_with(second, signal.SIGINT)
+    finally:
+        second.kill()
+    assert_interrupted(second, storage, rc, 130, left)
