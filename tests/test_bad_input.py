@@ -137,7 +137,7 @@ def test_every_problem_listed_at_once(capsys, tmp_path):
     spec = write_spec(tmp_path)
     line = fails_cleanly(
         capsys, tmp_path, ["train", str(spec), "training.epochs=0", "optimizer.lr=-1", "model.activaton=relu"],
-        "3 problems", "training.epochs:", "optimizer.lr:", "model.activaton: unknown key",
+        "3 problems", "training.epochs:", "optimizer.lr:", "model.activaton: unknown parameter of model mlp",
     )
     assert line.count(";") >= 2
 

@@ -3,19 +3,39 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_score, r2_score, recall_score
 
+from raydl.batches import FixedShape
 from raydl.errors import SpecError, UnknownNameError
-from raydl.losses import LOSSES, build_loss
-from raydl.metrics import batch_stats, summarize
-from raydl.models import MODELS, build_model
+from raydl.losses import LOSSES
+from raydl.models import MODELS
+from raydl.models import build_model as _build
 from raydl.optim import build_optimizer, lr_factor
 from raydl.registry import Registry
 from raydl.spec import LossSpec, ModelSpec, OptimizerSpec
+from raydl.tasks import Classification, Regression, build_task
+
+
+def build_model(spec: ModelSpec, in_features: int, n_outputs: int):
+    return _build(spec, FixedShape("tabular", (in_features,)), n_outputs)
+
+
+def task_of(loss: LossSpec, task: str, n_classes: int = 0, target_std: float = 1.0):
+    prep = SimpleNamespace(task=task, classes=list(range(n_classes)), target_mean=0.0, target_std=target_std)
+    return build_task(prep, loss)
+
+
+def stats(task, out, y) -> np.ndarray:
+    return task.stats(torch.as_tensor(out), {"y": torch.as_tensor(y)})
+
+
+def onehot_logits(pred: np.ndarray, k: int) -> np.ndarray:
+    return np.eye(k)[pred] * 10.0
 
 
 def test_registry_rejects_duplicates_and_lists_valid_names():
@@ -52,25 +72,26 @@ def test_xavier_and_he_init_scale():
 
 def test_losses_match_torch():
     z, y = torch.randn(8, 3), torch.randint(0, 3, (8,))
-    ce = build_loss(LossSpec(name="cross_entropy", label_smoothing=0.1), "classification", 3)
-    assert ce.fn(z, y).item() == pytest.approx(torch.nn.functional.cross_entropy(z, y, label_smoothing=0.1).item())
+    ce = task_of(LossSpec(name="cross_entropy", label_smoothing=0.1), "classification", 3)
+    assert ce.loss(z, {"y": y}).item() == pytest.approx(torch.nn.functional.cross_entropy(z, y, label_smoothing=0.1).item())
     zb, yb = torch.randn(8, 1), torch.randint(0, 2, (8,))
-    ll = build_loss(LossSpec(name="log_loss"), "classification", 2)
+    ll = task_of(LossSpec(name="log_loss"), "classification", 2)
     p = torch.sigmoid(zb.reshape(-1))
     manual = -(yb * p.log() + (1 - yb) * (1 - p).log()).mean()
-    assert ll.fn(zb, yb).item() == pytest.approx(manual.item(), rel=1e-5)
-    assert ll.n_outputs(2) == 1 and ce.n_outputs(3) == 3
-    hub = build_loss(LossSpec(name="huber", huber_delta=0.5), "regression", 0)
+    assert ll.loss(zb, {"y": yb}).item() == pytest.approx(manual.item(), rel=1e-5)
+    assert ll.n_outputs() == 1 and ce.n_outputs() == 3
+    assert torch.allclose(torch.softmax(ll.logits(zb), 1)[:, 1], p)  # binary: [0, z] has sigmoid's probabilities
+    hub = task_of(LossSpec(name="huber", huber_delta=0.5), "regression")
     zr, yr = torch.randn(8, 1), torch.randn(8)
-    assert hub.fn(zr, yr).item() == pytest.approx(torch.nn.functional.huber_loss(zr.reshape(-1), yr, delta=0.5).item())
+    assert hub.loss(zr, {"y": yr}).item() == pytest.approx(torch.nn.functional.huber_loss(zr.reshape(-1), yr, delta=0.5).item())
     assert set(LOSSES.names()) >= {"cross_entropy", "log_loss", "mse", "mae", "huber"}
 
 
 def test_loss_must_fit_the_task():
     with pytest.raises(SpecError, match="regression loss but the data is a classification task"):
-        build_loss(LossSpec(name="mse"), "classification", 3)
+        task_of(LossSpec(name="mse"), "classification", 3)
     with pytest.raises(SpecError, match="log_loss is binary"):
-        build_loss(LossSpec(name="log_loss"), "classification", 3)
+        task_of(LossSpec(name="log_loss"), "classification", 3)
 
 
 def test_optimizers_and_schedules():
@@ -88,21 +109,27 @@ def test_optimizers_and_schedules():
 def test_classification_metrics_match_sklearn_and_merge_additively():
     rng = np.random.default_rng(0)
     y, pred = rng.integers(0, 4, 500), rng.integers(0, 4, 500)
-    parts = [batch_stats("classification", 4, 1.0, pred[i : i + 100], y[i : i + 100]) for i in range(0, 500, 100)]
-    m = summarize("classification", 4, sum(parts), "val")
+    task = task_of(LossSpec(), "classification", 4)
+    assert isinstance(task, Classification)
+    logits = onehot_logits(pred, 4)
+    parts = [stats(task, logits[i : i + 100], y[i : i + 100]) for i in range(0, 500, 100)]
+    m = task.summarize(sum(parts), "val")
     assert m["val_accuracy"] == pytest.approx(accuracy_score(y, pred))
     assert m["val_precision"] == pytest.approx(precision_score(y, pred, average="macro"))
     assert m["val_recall"] == pytest.approx(recall_score(y, pred, average="macro"))
     assert m["val_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
-    assert m["val_loss"] == pytest.approx(5 / 500)
+    loss = torch.nn.functional.cross_entropy(torch.as_tensor(logits).float(), torch.as_tensor(y)).item()
+    assert m["val_loss"] == pytest.approx(loss, rel=1e-5)
 
 
 def test_regression_metrics_match_sklearn():
     rng = np.random.default_rng(1)
     y = rng.normal(size=300)
     pred = y + rng.normal(scale=0.5, size=300)
-    s = batch_stats("regression", 0, 0.0, pred[:150], y[:150]) + batch_stats("regression", 0, 0.0, pred[150:], y[150:])
-    m = summarize("regression", 0, s, "test")
+    task = task_of(LossSpec(), "regression")
+    assert isinstance(task, Regression)
+    s = stats(task, pred[:150, None], y[:150]) + stats(task, pred[150:, None], y[150:])
+    m = task.summarize(s, "test")
     assert m["test_r2"] == pytest.approx(r2_score(y, pred))
     assert m["test_mse"] == pytest.approx(np.mean((pred - y) ** 2))
     assert m["test_mae"] == pytest.approx(np.mean(np.abs(pred - y)))
@@ -119,10 +146,11 @@ def test_regression_targets_are_standardised_on_train_and_decoded():
     p = prepare(DataSpec(source="diabetes"))
     assert abs(float(p.train.y.mean())) < 1e-5 and abs(float(p.train.y.std()) - 1) < 1e-4
     assert p.prep.target_std > 10  # the raw label is in the tens to hundreds
-    raw = p.prep.decode_target(p.val.y)
-    assert np.allclose(p.prep.encode_target(raw), p.val.y, atol=1e-5)
+    task = build_task(p.prep, LossSpec())
+    raw = task.decode(p.val.y)
+    assert np.allclose(task.encode_labels(raw, "val"), p.val.y, atol=1e-5)
     # MSE/MAE come back in the label's units; R² is unchanged by the scale
-    s = batch_stats("regression", 0, 0.0, p.val.y + 0.1, p.val.y)
-    scaled = summarize("regression", 0, s, "v", target_std=p.prep.target_std)
+    s = stats(task, p.val.y[:, None] + 0.1, p.val.y)
+    scaled = task.summarize(s, "v")
     assert scaled["v_mae"] == pytest.approx(0.1 * p.prep.target_std, rel=1e-4)
-    assert scaled["v_r2"] == pytest.approx(summarize("regression", 0, s, "v")["v_r2"])
+    assert scaled["v_r2"] == pytest.approx(task_of(LossSpec(), "regression").summarize(s, "v")["v_r2"])

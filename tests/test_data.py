@@ -28,7 +28,7 @@ def test_standardisation_is_fitted_on_train_only():
     assert np.allclose(p.train.X.mean(axis=0), 0, atol=1e-5)
     assert np.allclose(p.train.X.std(axis=0), 1, atol=1e-3)
     assert not np.allclose(p.val.X.mean(axis=0), 0, atol=1e-3)
-    assert p.prep.task == "classification" and p.prep.n_outputs == 3
+    assert p.prep.task == "classification" and len(p.prep.classes) == 3
 
 
 @pytest.mark.parametrize("name", DATASETS.names())

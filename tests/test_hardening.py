@@ -20,14 +20,15 @@ import pytest
 import torch
 from test_bad_input import error_line, fails_cleanly, good_columns, snapshot, table_file, write_spec
 
+from raydl.batches import build_kind
 from raydl.cli import main
 from raydl.data import prepare
 from raydl.errors import DataError
 from raydl.loop import TrainState, load_checkpoint, save_checkpoint
-from raydl.losses import build_loss
 from raydl.model_dir import manifest, write_model_dir
 from raydl.models import build_model
 from raydl.spec import DataSpec, JobSpec
+from raydl.tasks import build_task
 
 
 def fails(capsys, argv: list[str], *expected: str) -> str:
@@ -204,8 +205,7 @@ def model_dir(tmp_path) -> Path:
     """A real model directory (iris, tiny MLP), written without Ray."""
     spec = JobSpec.model_validate({"data": {"source": "iris"}, "model": {"hidden": [4]}, "tracking": "none"})
     p = prepare(spec.data)
-    loss = build_loss(spec.loss, p.prep.task, len(p.prep.classes))
-    module = build_model(spec.model, len(p.prep.features), loss.n_outputs(len(p.prep.classes)))
+    module = build_model(spec.model, build_kind(p.prep), build_task(p.prep, spec.loss).n_outputs())
     return write_model_dir(tmp_path / "model", module.state_dict(), spec, p.prep, {"final": {}}, manifest(spec, p.fingerprint))
 
 

@@ -125,6 +125,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from raydl.models import describe
+
+    print(describe())
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from raydl.inference import predict
 
@@ -169,10 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print one JSON object on stdout, everything else on stderr")
     t.set_defaults(func=cmd_train)
 
-    v = sub.add_parser("validate", help="check a job spec and its data without training")
+    v = sub.add_parser("validate", help="check a job spec and its data without training",
+                       description="Check a job spec and its data without training; every problem is listed, one per line "
+                                   "of the message. The model section is {name, ...that model's parameters}: see `raydl models`.")
     v.add_argument("spec")
     v.add_argument("overrides", nargs="*", metavar="key=value")
     v.set_defaults(func=cmd_validate)
+
+    m = sub.add_parser("models", help="list the registered models, the data they take, and their parameters")
+    m.set_defaults(func=cmd_models)
 
     pr = sub.add_parser("predict", help="apply a model directory to data")
     pr.add_argument("model_dir")

@@ -34,18 +34,8 @@ class Preprocessing:
     target_mean: float = 0.0  # regression: the model learns (y - target_mean) / target_std
     target_std: float = 1.0
 
-    @property
-    def n_outputs(self) -> int:
-        return len(self.classes) if self.task == "classification" else 1
-
     def transform(self, X: np.ndarray) -> np.ndarray:
         return ((X - np.asarray(self.mean)) / np.asarray(self.std)).astype(np.float32)
-
-    def encode_target(self, y: np.ndarray) -> np.ndarray:
-        return ((np.asarray(y, dtype=np.float64) - self.target_mean) / self.target_std).astype(np.float32)
-
-    def decode_target(self, z: np.ndarray) -> np.ndarray:
-        return np.asarray(z, dtype=np.float64) * self.target_std + self.target_mean
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -194,8 +184,8 @@ def prepare(spec: DataSpec, min_train_rows: int = 1) -> Prepared:
     if task == "regression" and spec.standardize != "none":
         t_mean, t_std = float(y[tr].mean()), float(y[tr].std()) or 1.0
     prep = Preprocessing(features, label, task, classes, mean.tolist(), std.tolist(), image_shape, t_mean, t_std)
-    if task == "regression":
-        y = prep.encode_target(y)
+    if task == "regression":  # the model learns the standardised target; the task reports label units
+        y = ((y.astype(np.float64) - t_mean) / t_std).astype(np.float32)
 
     def part(idx: np.ndarray) -> Split:
         with np.errstate(over="ignore", invalid="ignore"):

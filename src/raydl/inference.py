@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ from raydl.data import feature_matrix
 from raydl.datasets import DATASETS, read_table
 from raydl.errors import DataError
 from raydl.loop import evaluate_batches
-from raydl.metrics import summarize
 from raydl.model_dir import LoadedModel, load_model
 from raydl.paths import output_file, write_atomic
 from raydl.spec import DataSpec
@@ -30,28 +28,20 @@ def load_data(source: str) -> pa.Table:
 
 def _batches(x: np.ndarray, y: np.ndarray, size: int = 4096):
     for i in range(0, len(y), size):
-        yield torch.from_numpy(x[i : i + size]), torch.from_numpy(y[i : i + size])
+        yield {"x": torch.from_numpy(x[i : i + size]), "y": torch.from_numpy(y[i : i + size])}
 
 
 def metrics_on(model: LoadedModel, x_std: np.ndarray, y: np.ndarray, prefix: str) -> dict[str, float]:
     """Metrics of a model on standardised inputs and encoded labels (class ids or targets)."""
-    n_classes = len(model.prep.classes)
-    s = evaluate_batches(model.module, _batches(x_std, y), model.loss, model.prep.task, n_classes, torch.device("cpu"), nullcontext)
-    return summarize(model.prep.task, n_classes, s, prefix, model.prep.target_std)
+    s = evaluate_batches(model.module, _batches(x_std, y), model.task, model.kind, torch.device("cpu"))
+    return model.task.summarize(s, prefix)
 
 
 def encode_labels(model: LoadedModel, table: pa.Table) -> np.ndarray:
-    prep = model.prep
-    if prep.label not in table.column_names:
-        raise DataError(f"DATA: label column {prep.label!r} not in the data; columns: {table.column_names}")
-    values = table.column(prep.label).to_numpy(zero_copy_only=False)
-    if prep.task == "regression":
-        return prep.encode_target(values)
-    index = {c: i for i, c in enumerate(prep.classes)}
-    unknown = sorted({v.item() if hasattr(v, "item") else v for v in values} - set(index))
-    if unknown:
-        raise DataError(f"DATA: label values {unknown[:5]} were not seen in training; known classes: {prep.classes}")
-    return np.array([index[v.item() if hasattr(v, "item") else v] for v in values], dtype=np.int64)
+    label = model.prep.label
+    if label not in table.column_names:
+        raise DataError(f"DATA: label column {label!r} not in the data; columns: {table.column_names}")
+    return model.task.encode_labels(table.column(label).to_numpy(zero_copy_only=False), "DATA")
 
 
 def evaluate(model_dir: str | Path, source: str) -> dict[str, float]:
@@ -66,15 +56,7 @@ def predict(model_dir: str | Path, source: str, out: str | Path) -> Path:
     out = output_file(out, "--out")  # checked before any work
     model = load_model(model_dir)
     table = load_data(source)
-    logits = torch.from_numpy(model.logits(feature_matrix(table, model.features, where="DATA")))
-    cols: dict[str, object] = {}
-    if model.prep.task == "regression":
-        cols["prediction"] = model.prep.decode_target(logits.reshape(-1).numpy())
-    else:
-        probs = torch.softmax(logits, dim=1).numpy()
-        cols["prediction"] = pa.array([model.prep.classes[i] for i in probs.argmax(1)])
-        for i, c in enumerate(model.prep.classes):
-            cols[f"prob_{c}"] = probs[:, i]
+    cols = model.task.prediction_columns(model.outputs(feature_matrix(table, model.features, where="DATA")))
     buf = pa.BufferOutputStream()
     pq.write_table(pa.table(cols), buf)
     return write_atomic(out, buf.getvalue().to_pybytes())

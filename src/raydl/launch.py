@@ -20,16 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raydl.batches import build_kind
 from raydl.data import Prepared, prepare, to_ray_dataset
 from raydl.errors import ResourceError, SpecError, TrainingDiverged
-from raydl.losses import build_loss
-from raydl.model_dir import LoadedModel, manifest, write_json_atomic, write_model_dir
+from raydl.model_dir import manifest, write_json_atomic, write_model_dir
 from raydl.models import build_model
 from raydl.optim import OPTIMIZERS
 from raydl.paths import output_dir
 from raydl.runlock import RunLock, lock_path
 from raydl.sharding import choose_loader
 from raydl.spec import JobSpec, spec_to_yaml
+from raydl.tasks import build_task, run_metrics
 
 log = logging.getLogger("raydl")
 MAX_PARAMS = 500_000_000
@@ -44,28 +45,22 @@ class TrainResult:
     status: str
 
 
-def metric_names(task: str) -> list[str]:
-    val = ["val_loss"] + (
-        ["val_accuracy", "val_precision", "val_recall", "val_f1"] if task == "classification" else ["val_mse", "val_mae", "val_r2"]
-    )
-    return ["train_loss", *val]
-
-
 def resolve(spec: JobSpec) -> Prepared:
     """Load and check the data and resolve every named component, before Ray starts."""
     OPTIMIZERS.get(spec.optimizer.name, "optimizer.name")
     prepared = prepare(spec.data, min_train_rows=spec.scaling.num_workers)
     prep = prepared.prep
-    loss = build_loss(spec.loss, prep.task, len(prep.classes))
+    task = build_task(prep, spec.loss)
     with torch.device("meta"):  # shapes only: nothing is allocated, so a huge model fails here, not in malloc
-        model = build_model(spec.model, len(prep.features), loss.n_outputs(len(prep.classes)), prep.image_shape)
+        model = build_model(spec.model, build_kind(prep), task.n_outputs())
     n_params = sum(p.numel() for p in model.parameters())
     if n_params > MAX_PARAMS:
-        raise SpecError(f"model: {spec.model.name} with hidden={spec.model.hidden} on {len(prep.features)} features has "
+        params = ", ".join(f"{k}={v}" for k, v in spec.model.params.items())
+        raise SpecError(f"model: {spec.model.name}({params}) on {len(prep.features)} features has "
                         f"{n_params:,} parameters; at most {MAX_PARAMS:,} are allowed (4 bytes each, times ~4 with Adam's state)")
-    names = metric_names(prep.task)
+    names = run_metrics(task)
     problems = [
-        f"{where}: unknown metric {m!r} for a {prep.task} task; valid: {', '.join(names)}"
+        f"{where}: unknown metric {m!r} for a {task.name} task; valid: {', '.join(names)}"
         for where, m in (("checkpoint.metric", spec.checkpoint.metric),
                          ("training.early_stopping.metric", spec.training.early_stopping and spec.training.early_stopping.metric))
         if m and m not in names
@@ -219,10 +214,11 @@ def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
 
 def _fit(spec, prepared: Prepared, man: dict, rdir: Path, launch_ts: float, on_epoch) -> TrainResult:
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raydl.loop import load_checkpoint, train_loop_per_worker
+    from raydl.loop import WorkerConfig, load_checkpoint, train_loop_per_worker
+    from raydl.sharding import ingest_config
 
     sc = spec.scaling
     queue = stop = pump = None
@@ -235,23 +231,18 @@ def _fit(spec, prepared: Prepared, man: dict, rdir: Path, launch_ts: float, on_e
     if sc.use_gpu:
         resources["GPU"] = sc.gpus_per_worker
     loader = choose_loader(spec.data.loader, prepared.train.X.nbytes)
-    config = {
-        "spec": spec.model_dump(mode="json"), "prep": prepared.prep.to_dict(), "n_val": len(prepared.val),
-        "launch_ts": launch_ts, "manifest": man, "run_dir": str(rdir), "progress": queue, "loader": loader,
-    }
+    parts = {"train": prepared.train, "val": prepared.val, **({"test": prepared.test} if len(prepared.test) else {})}
+    datasets = dataset_config = splits = None
     if loader == "in_memory":
-        config["train_ref"] = ray.put((prepared.train.X, prepared.train.y))
-        config["val_ref"] = ray.put((prepared.val.X, prepared.val.y))
-        datasets, dataset_config = None, None
+        splits = ray.put({k: (p.X, p.y) for k, p in parts.items()})
     else:
-        datasets = {
-            "train": to_ray_dataset(prepared.train, num_blocks=2 * sc.num_workers),
-            "val": to_ray_dataset(prepared.val, num_blocks=sc.num_workers),
-        }
-        dataset_config = DataConfig(datasets_to_split=["train"])
+        datasets = {k: to_ray_dataset(p, num_blocks=(2 if k == "train" else 1) * sc.num_workers) for k, p in parts.items()}
+        dataset_config = ingest_config()
+    config = WorkerConfig(spec=spec, prep=prepared.prep, loader=loader, run_dir=str(rdir), manifest=man,
+                          launch_ts=launch_ts, scored=tuple(k for k in parts if k != "train"), splits=splits, progress=queue)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=config,
+        train_loop_config={"worker": config},
         scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=spec.run.name, storage_path=str(rdir.parent),
@@ -279,17 +270,8 @@ def _fit(spec, prepared: Prepared, man: dict, rdir: Path, launch_ts: float, on_e
 
 
 def _finish(spec: JobSpec, prepared: Prepared, man: dict, rdir: Path, state, best_weights: dict) -> TrainResult:
-    from raydl.inference import metrics_on
-
     prep = prepared.prep
-    loss = build_loss(spec.loss, prep.task, len(prep.classes))
-    module = build_model(spec.model, len(prep.features), loss.n_outputs(len(prep.classes)), prep.image_shape)
-    module.load_state_dict(best_weights)
-    model = LoadedModel(module.eval(), spec, prep, loss)
-    final = {"best_epoch": state.best_epoch, "epochs_run": state.next_epoch, "status": state.status}
-    final.update(metrics_on(model, prepared.val.X, prepared.val.y, "val"))
-    if len(prepared.test):
-        final.update(metrics_on(model, prepared.test.X, prepared.test.y, "test"))
+    final = {"best_epoch": state.best_epoch, "epochs_run": state.next_epoch, "status": state.status, **state.final}
     eff = state.history[1:] or state.history  # steady state: the first epoch holds start-up costs
     final["samples_per_sec"] = float(np.median([h["samples_per_sec"] for h in eff]))
     final["time_per_step_s"] = float(np.median([h["time_per_step_s"] for h in eff]))

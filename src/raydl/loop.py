@@ -1,9 +1,14 @@
 """The training loop, written out once. It runs on every Ray Train worker.
 
-Read it top to bottom: build the model, loss and optimizer from the spec; resume from the last
-checkpoint if there is one; then each epoch stream this worker's shard of the train split,
-step with gradient accumulation, clipping and mixed precision (DDP all-reduces the gradients),
-evaluate on the whole validation set across all ranks, report, checkpoint, maybe stop early.
+Read it top to bottom: build the task (loss and metrics), the data kind (collate), the model,
+its penalties and optimizer from the spec; resume from the last checkpoint if there is one; then
+each epoch stream this worker's shard of the train split, step with gradient accumulation,
+clipping and mixed precision (DDP all-reduces the gradients), score validation (each rank its
+part, statistics reduced across ranks), report, checkpoint, maybe stop early. When the run stops,
+the best weights are scored on validation and test the same way, into the last checkpoint.
+
+Nothing here names a model family, a data kind or a task: a batch is whatever the kind's collate
+makes, the model is called as `model(batch)`, and the task reads its target from the batch.
 """
 
 from __future__ import annotations
@@ -16,18 +21,20 @@ import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from raydl.batches import DataKind, batch_len, build_kind, to_device
 from raydl.data import Preprocessing
-from raydl.losses import Loss, build_loss
-from raydl.metrics import batch_stats, stats_size, summarize
 from raydl.models import build_model
-from raydl.optim import build_optimizer, build_scheduler, l1_penalty
+from raydl.optim import build_optimizer, build_scheduler
+from raydl.penalties import build_penalties
 from raydl.sharding import InMemoryShards, RayDataShards
 from raydl.spec import JobSpec
+from raydl.tasks import Task, build_task
 from raydl.tracking import start_tracker
 
 STATE_FILE = "state.pt"  # tensors only: weights, optimizer, schedule, scaler, best weights
@@ -46,6 +53,22 @@ class TrainState:
     status: str = "running"  # running | finished | early_stopped | diverged
     diverged_at: tuple[int, int] | None = None
     history: list[dict] = field(default_factory=list)
+    final: dict = field(default_factory=dict)  # the best weights' val (and test) metrics, once stopped
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What the driver hands every worker, typed (Ray pickles it once for the whole group)."""
+
+    spec: JobSpec
+    prep: Preprocessing
+    loader: str  # "in_memory" | "ray_data"
+    run_dir: str
+    manifest: dict
+    launch_ts: float
+    scored: tuple[str, ...] = ("val", "test")  # the splits scored at the end ("test" when it has rows)
+    splits: Any = None  # in_memory: an ObjectRef of {"train"|"val"|"test": arrays}
+    progress: Any = None  # a ray.util.queue.Queue for the driver's progress line, or None
 
 
 def save_checkpoint(d: str, tensors: dict, state: TrainState) -> None:
@@ -119,24 +142,34 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def predictions(loss: Loss, logits: torch.Tensor) -> torch.Tensor:
-    if loss.task == "regression":
-        return logits.reshape(-1)
-    return loss.probs(logits).argmax(dim=1)
-
-
 @torch.no_grad()
-def evaluate_batches(model, batches, loss: Loss, task: str, n_classes: int, device, autocast) -> np.ndarray:
-    """Additive metric statistics over `batches` of (x, y) tensors (this rank's part only)."""
+def evaluate_batches(model, batches, task: Task, kind: DataKind, device, autocast=nullcontext) -> np.ndarray:
+    """The task's additive metric statistics over `batches` (this rank's part only)."""
     model.eval()
-    s = np.zeros(stats_size(task, n_classes))
-    for x, y in batches:
-        x, y = x.to(device), y.to(device)
+    s = np.zeros(task.stats_size())
+    for cols in batches:
+        batch = to_device(kind.collate(cols), device)
         with autocast():
-            z = model(x)
-        z = z.float()
-        s += batch_stats(task, n_classes, loss.fn(z, y).item() * len(y), predictions(loss, z).cpu().numpy(), y.cpu().numpy())
+            out = model(batch)
+        s += task.stats(out.float(), batch)
     return s
+
+
+def _grad_health(params: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of every gradient: NaN or infinite if any entry is. One reduction per parameter that
+    received a gradient (other heads and frozen layers get none), no norm computed."""
+    sums = [p.grad.sum() for p in params if p.grad is not None]
+    return torch.stack(sums).sum() if sums else torch.zeros(())
+
+
+def final_metrics(model, best_weights, shards, task: Task, kind: DataKind, device, autocast, scored) -> dict:
+    """The best weights scored on validation and test, each rank on its part, reduced across ranks."""
+    best = copy.deepcopy(model)
+    best.load_state_dict(best_weights)
+    out = {}
+    for split in scored:
+        out.update(task.summarize(_all_reduce(evaluate_batches(best, shards.eval(split), task, kind, device, autocast)), split))
+    return out
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -145,8 +178,8 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     from ray.train import Checkpoint
 
-    spec = JobSpec.model_validate(config["spec"])
-    prep = Preprocessing.from_dict(config["prep"])
+    cfg: WorkerConfig = config["worker"]
+    spec, prep = cfg.spec, cfg.prep
     t, ck = spec.training, spec.checkpoint
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -154,9 +187,10 @@ def train_loop_per_worker(config: dict) -> None:
     np.random.seed(t.seed)
     device = ray.train.torch.get_device()
 
-    n_classes = len(prep.classes)
-    loss = build_loss(spec.loss, prep.task, n_classes)
-    model = build_model(spec.model, len(prep.features), loss.n_outputs(n_classes), prep.image_shape)
+    task = build_task(prep, spec.loss)
+    kind = build_kind(prep)
+    model = build_model(spec.model, kind, task.n_outputs())
+    penalties = build_penalties(spec)
     optimizer = build_optimizer(model.parameters(), spec.optimizer)
     scheduler = build_scheduler(optimizer, spec.optimizer, t.epochs)
     use_amp = device.type == "cuda" and t.precision != "32"
@@ -180,13 +214,11 @@ def train_loop_per_worker(config: dict) -> None:
     ddp_model = ray.train.torch.prepare_model(model)  # moves to device; DDP when world > 1
     params = [p for p in model.parameters() if p.requires_grad]
 
-    if config["loader"] == "in_memory":
-        shards = InMemoryShards(ray.get(config["train_ref"]), ray.get(config["val_ref"]), rank, world, t.seed, t.shuffle)
+    if cfg.loader == "in_memory":
+        shards = InMemoryShards(ray.get(cfg.splits), rank, world, t.seed, t.shuffle)
     else:
-        shards = RayDataShards(config["n_val"], rank, world, t.seed, t.shuffle)
-    tracker = start_tracker(spec, config, rank) if rank == 0 else None
-    progress = config.get("progress")
-    launch_ts = config["launch_ts"]
+        shards = RayDataShards(rank, t.seed, t.shuffle)
+    tracker = start_tracker(spec, cfg.run_dir, cfg.manifest, rank) if rank == 0 else None
     first_step_s = None
 
     def ckpt_metric(m: dict) -> float:
@@ -197,17 +229,18 @@ def train_loop_per_worker(config: dict) -> None:
             break
         ddp_model.train()
         t0, steps, local_loss, local_n, micro = time.perf_counter(), 0, 0.0, 0, 0
-        for i, (x, y) in enumerate(shards.train(epoch, t.batch_size)):
-            x, y = x.to(device), y.to(device)
+        for i, cols in enumerate(shards.train(epoch, t.batch_size)):
+            batch = to_device(kind.collate(cols), device)
+            n = batch_len(batch)
             micro += 1
             sync = micro == t.grad_accum_steps
             with (nullcontext() if sync or world == 1 else ddp_model.no_sync()), autocast():
-                z = ddp_model(x)
-                batch_loss = loss.fn(z.float(), y)
-                total = batch_loss + spec.optimizer.l1 * l1_penalty(model) if spec.optimizer.l1 else batch_loss
+                out = ddp_model(batch)
+                batch_loss = task.loss(out, batch)
+                total = batch_loss + sum(p(model, batch, out) for p in penalties) if penalties else batch_loss
             scaler.scale(total / t.grad_accum_steps).backward()
-            local_loss += batch_loss.item() * len(y)
-            local_n += len(y)
+            local_loss += batch_loss.item() * n
+            local_n += n
             if not sync:
                 continue
             micro = 0
@@ -215,12 +248,9 @@ def train_loop_per_worker(config: dict) -> None:
             if t.clip_grad_value:
                 torch.nn.utils.clip_grad_value_(params, t.clip_grad_value)
             # Divergence is judged on all-reduced gradients, identical on every rank, so all ranks
-            # take the same decision. Without norm clipping, the output layer's gradient (which a
-            # NaN or infinite loss reaches first) is checked instead of a full norm: cheaper per step.
-            if t.clip_grad_norm:
-                health = torch.nn.utils.clip_grad_norm_(params, t.clip_grad_norm)
-            else:
-                health = params[-1].grad.sum() if params[-1].grad is not None else torch.zeros(())
+            # take the same decision: the total norm when clipping by norm, else the sum of every
+            # gradient (cheaper than a norm, and as non-finite as any of its entries).
+            health = torch.nn.utils.clip_grad_norm_(params, t.clip_grad_norm) if t.clip_grad_norm else _grad_health(params)
             if not scaler.is_enabled() and not torch.isfinite(health):
                 state.status, state.diverged_at = "diverged", (epoch, i)
                 break
@@ -229,7 +259,7 @@ def train_loop_per_worker(config: dict) -> None:
             optimizer.zero_grad(set_to_none=True)
             steps += 1
             if first_step_s is None:
-                first_step_s = time.time() - launch_ts
+                first_step_s = time.time() - cfg.launch_ts
         if micro and state.status == "running":  # leftover micro-batches at the end of the epoch
             scaler.step(optimizer)
             scaler.update()
@@ -241,12 +271,12 @@ def train_loop_per_worker(config: dict) -> None:
         train_sums = _all_reduce(np.array([local_loss, local_n, steps]))
         # The bare module, not the DDP wrapper: ranks may hold different numbers of validation
         # batches, and DDP's forward would broadcast BatchNorm buffers (a collective) on each.
-        val = _all_reduce(evaluate_batches(model, shards.val(), loss, prep.task, n_classes, device, autocast))
+        val = _all_reduce(evaluate_batches(model, shards.eval("val"), task, kind, device, autocast))
         peak = _all_reduce(np.array([_peak_memory_mb(device)]), op="max")[0]
         metrics = {
             "epoch": epoch + 1,
             "train_loss": train_sums[0] / max(train_sums[1], 1),
-            **summarize(prep.task, n_classes, val, "val", prep.target_std),
+            **task.summarize(val, "val"),
             "lr": optimizer.param_groups[0]["lr"],
             "samples_per_sec": train_sums[1] / train_time,
             "time_per_step_s": train_time / max(train_sums[2], 1),
@@ -274,11 +304,13 @@ def train_loop_per_worker(config: dict) -> None:
         if state.status == "running" and state.next_epoch >= t.epochs:
             state.status = "finished"
         state.history.append(metrics)
+        if state.status in ("finished", "early_stopped"):
+            state.final = final_metrics(model, best_weights, shards, task, kind, device, autocast, cfg.scored)
 
         if rank == 0:
             tracker.log(metrics, step=epoch + 1)
-            if progress is not None:
-                progress.put_nowait(metrics)
+            if cfg.progress is not None:
+                cfg.progress.put_nowait(metrics)
         # `ray.train.report` is a barrier through the controller: call it only when a checkpoint is
         # due (every K epochs, a new best, the end). `due` is the same on every rank, so every rank
         # reports the same number of times. Per-epoch metrics reach W&B and the progress bar above.

@@ -1,4 +1,4 @@
-"""Losses, each knowing how many outputs it wants and how to turn logits into predictions."""
+"""Loss functions by name. A task (`raydl.tasks`) picks one, checks it fits, and calls it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from raydl.errors import SpecError
 from raydl.registry import Registry
 from raydl.spec import LossSpec
 
@@ -16,19 +15,9 @@ from raydl.spec import LossSpec
 @dataclass(frozen=True)
 class Loss:
     name: str
-    task: str  # "classification" | "regression"
+    task: str  # the task it fits: "classification" | "regression"
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     binary: bool = False  # one logit + sigmoid instead of one logit per class
-
-    def n_outputs(self, n_classes: int) -> int:
-        return 1 if (self.binary or self.task == "regression") else n_classes
-
-    def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities [B, C] from logits (classification only)."""
-        if self.binary:
-            p1 = torch.sigmoid(logits.reshape(-1))
-            return torch.stack([1 - p1, p1], dim=1)
-        return torch.softmax(logits, dim=1)
 
 
 LOSSES: Registry[Callable[[LossSpec], Loss]] = Registry("loss")
@@ -64,13 +53,3 @@ LOSSES.register("mae")(_regression("mae", F.l1_loss))
 @LOSSES.register("huber")
 def huber(spec: LossSpec) -> Loss:
     return Loss("huber", "regression", lambda z, y: F.huber_loss(z.reshape(-1), y.to(z.dtype), delta=spec.huber_delta))
-
-
-def build_loss(spec: LossSpec, task: str, n_classes: int) -> Loss:
-    name = spec.name if spec.name != "auto" else ("cross_entropy" if task == "classification" else "mse")
-    loss = LOSSES.get(name, "loss.name")(spec)
-    if loss.task != task:
-        raise SpecError(f"loss.name: {name!r} is a {loss.task} loss but the data is a {task} task")
-    if loss.binary and n_classes != 2:
-        raise SpecError(f"loss.name: log_loss is binary but the label has {n_classes} classes; use cross_entropy")
-    return loss

@@ -4,7 +4,11 @@
     spec.yaml           the fully resolved job spec
     preprocessing.json  feature names, label, classes, standardisation statistics
     metrics.json        final validation and test metrics, and the per-epoch history
-    manifest.json       raydl version, git SHA, dataset fingerprint, seed, package versions
+    manifest.json       format version, raydl version, git SHA, dataset fingerprint, seed, package versions
+
+Format versions: 1 (no `format_version` in the manifest) had one fixed set of MLP fields in the
+spec's `model:` section, whatever the model; 2 keeps only the named model's own parameters. This
+release reads both and refuses a newer one.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ import torch
 import yaml
 
 import raydl
+from raydl.batches import DataKind, build_kind
 from raydl.data import Preprocessing
 from raydl.errors import DataError
-from raydl.losses import Loss, build_loss
-from raydl.models import build_model
+from raydl.models import MODELS, build_model
 from raydl.spec import JobSpec, spec_from_dict, spec_to_yaml
+from raydl.tasks import Task, build_task
 
 FILES = ("weights.pt", "spec.yaml", "preprocessing.json", "metrics.json", "manifest.json")
+FORMAT_VERSION = 2
 
 
 def json_safe(obj):
@@ -68,7 +74,7 @@ def manifest(spec: JobSpec, fingerprint: str) -> dict:
         except metadata.PackageNotFoundError:
             pass
     return {
-        "raydl_version": raydl.__version__, "git_sha": git_sha(), "dataset_fingerprint": fingerprint,
+        "format_version": FORMAT_VERSION, "raydl_version": raydl.__version__, "git_sha": git_sha(), "dataset_fingerprint": fingerprint,
         "data_seed": spec.data.seed, "training_seed": spec.training.seed, "python": sys.version.split()[0],
         "packages": versions, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -103,7 +109,8 @@ class LoadedModel:
     module: torch.nn.Module
     spec: JobSpec
     prep: Preprocessing
-    loss: Loss
+    task: Task
+    kind: DataKind
 
     @property
     def features(self) -> list[str]:
@@ -113,14 +120,39 @@ class LoadedModel:
         return torch.from_numpy(self.prep.transform(np.asarray(X, dtype=np.float64)))
 
     @torch.no_grad()
-    def logits(self, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """Raw features in; one logit per class out ([n, C]; a binary model's z becomes [0, z])."""
+    def outputs(self, X: np.ndarray, batch_size: int = 4096) -> torch.Tensor:
+        """Raw features in, the model's outputs out."""
         self.module.eval()
         x = self.preprocess(X)
-        z = torch.cat([self.module(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-        if self.loss.binary:
-            z = torch.cat([torch.zeros_like(z), z], dim=1)
-        return z.numpy()
+        return torch.cat([self.module(self.kind.collate({"x": x[i : i + batch_size]})) for i in range(0, len(x), batch_size)])
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """A classifier's logits, one per class ([n, C]; a binary model's z becomes [0, z])."""
+        return self.task.logits(self.outputs(X)).numpy()
+
+
+def format_version(path: Path) -> int:
+    try:
+        man = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return 1
+    v = man.get("format_version", 1) if isinstance(man, dict) else 1
+    if not isinstance(v, int) or v > FORMAT_VERSION:
+        raise DataError(f"{path}: model directory format {v!r} is newer than this raydl reads (formats 1 to {FORMAT_VERSION}); "
+                        f"upgrade raydl (this is {raydl.__version__})")
+    return v
+
+
+def _spec_of(path: Path, version: int) -> JobSpec:
+    raw = yaml.safe_load((path / "spec.yaml").read_text())
+    if version == 1 and isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+        # v1 wrote every MLP field for every model: keep those the named model declares.
+        model = raw["model"]
+        name = model.get("name", "mlp")
+        if name in MODELS:
+            declared = MODELS.get(name).params.model_fields
+            raw = {**raw, "model": {k: v for k, v in model.items() if k == "name" or k in declared}}
+    return spec_from_dict(raw, origin=f"in {path / 'spec.yaml'}")
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -128,10 +160,11 @@ def load_model(path: str | Path) -> LoadedModel:
     missing = [f for f in ("weights.pt", "spec.yaml", "preprocessing.json") if not (path / f).is_file()]
     if missing:
         raise DataError(f"not a raydl model directory: {path} (missing {', '.join(missing)})")
-    spec = spec_from_dict(yaml.safe_load((path / "spec.yaml").read_text()), origin=f"in {path / 'spec.yaml'}")
+    spec = _spec_of(path, format_version(path))
     prep = Preprocessing.from_dict(json.loads((path / "preprocessing.json").read_text()))
-    loss = build_loss(spec.loss, prep.task, len(prep.classes))
-    module = build_model(spec.model, len(prep.features), loss.n_outputs(len(prep.classes)), prep.image_shape)
+    task = build_task(prep, spec.loss)
+    kind = build_kind(prep)
+    module = build_model(spec.model, kind, task.n_outputs())
     weights = path / "weights.pt"
     try:
         module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -140,4 +173,4 @@ def load_model(path: str | Path) -> LoadedModel:
         raise DataError(f"{weights}: not loadable as the weights of this model ({why}); "
                         "it must be a tensor state_dict written by raydl train") from None
     module.eval()
-    return LoadedModel(module, spec, prep, loss)
+    return LoadedModel(module, spec, prep, task, kind)

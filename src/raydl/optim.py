@@ -41,7 +41,3 @@ def lr_factor(spec: OptimizerSpec, epoch: int, epochs: int) -> float:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, spec: OptimizerSpec, epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(spec, e, epochs))
-
-
-def l1_penalty(model: torch.nn.Module) -> torch.Tensor:
-    return sum(p.abs().sum() for n, p in model.named_parameters() if p.requires_grad and not n.endswith("bias"))

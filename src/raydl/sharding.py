@@ -8,7 +8,8 @@
   as torch's DistributedSampler does. Global batch t is then the same rows for any worker count,
   and small data skips Ray Data's per-run start-up (measured in bench/RESULTS.md).
 
-Validation is split across ranks in both paths; the metric statistics are all-reduced.
+Validation and test are split across ranks in both paths (each row scored once); the metric
+statistics are all-reduced.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Cols = dict[str, torch.Tensor]  # model-ready columns of a batch; the data kind's collate makes the batch
 
 IN_MEMORY_MAX_BYTES = 512 * 2**20
 
@@ -42,42 +43,66 @@ def rank_rows(n: int, rank: int, world: int, seed: int, epoch: int, shuffle: boo
 
 
 class InMemoryShards:
-    def __init__(self, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-                 rank: int, world: int, seed: int, shuffle: bool) -> None:
-        self.x, self.y = (torch.from_numpy(np.asarray(a)) for a in train)
-        self.vx, self.vy = (torch.from_numpy(np.asarray(a)) for a in val)
+    """Arrays already in the object store: `splits` maps "train"/"val"/"test" to (x, y)."""
+
+    def __init__(self, splits: dict[str, tuple[np.ndarray, np.ndarray]], rank: int, world: int, seed: int, shuffle: bool) -> None:
+        self.splits = {k: tuple(torch.from_numpy(np.asarray(a)) for a in xy) for k, xy in splits.items()}
         self.rank, self.world, self.seed, self.shuffle = rank, world, seed, shuffle
 
-    def train(self, epoch: int, batch_size: int) -> Iterator[Batch]:
-        rows = torch.from_numpy(rank_rows(len(self.y), self.rank, self.world, self.seed, epoch, self.shuffle))
+    def train(self, epoch: int, batch_size: int) -> Iterator[Cols]:
+        x, y = self.splits["train"]
+        rows = torch.from_numpy(rank_rows(len(y), self.rank, self.world, self.seed, epoch, self.shuffle))
         for i in range(0, len(rows), batch_size):
             idx = rows[i : i + batch_size]
-            yield self.x[idx], self.y[idx]
+            yield {"x": x[idx], "y": y[idx]}
 
-    def val(self, batch_size: int = 1024) -> Iterator[Batch]:
-        x, y = self.vx[self.rank :: self.world], self.vy[self.rank :: self.world]
+    def eval(self, split: str, batch_size: int = 1024) -> Iterator[Cols]:
+        """This rank's part of `split` (every world-th row)."""
+        x, y = (a[self.rank :: self.world] for a in self.splits[split])
         for i in range(0, len(y), batch_size):
-            yield x[i : i + batch_size], y[i : i + batch_size]
+            yield {"x": x[i : i + batch_size], "y": y[i : i + batch_size]}
 
 
 class RayDataShards:
-    def __init__(self, n_val: int, rank: int, world: int, seed: int, shuffle: bool) -> None:
+    """This rank's Ray Data iterators: the train split (equal rows per rank), and its own part of
+    validation and test (see `IngestConfig`)."""
+
+    def __init__(self, rank: int, seed: int, shuffle: bool) -> None:
+        self.rank, self.seed, self.shuffle = rank, seed, shuffle
+
+    def train(self, epoch: int, batch_size: int) -> Iterator[Cols]:
         import ray.train
 
-        self.train_it = ray.train.get_dataset_shard("train")
-        self.val_it = ray.train.get_dataset_shard("val")  # not split: each rank takes every world-th batch
-        self.val_batch = max(1, min(1024, -(-n_val // world)))
-        self.rank, self.world, self.seed, self.shuffle = rank, world, seed, shuffle
-
-    def train(self, epoch: int, batch_size: int) -> Iterator[Batch]:
-        for b in self.train_it.iter_torch_batches(
+        yield from ray.train.get_dataset_shard("train").iter_torch_batches(
             batch_size=batch_size,
             local_shuffle_buffer_size=4 * batch_size if self.shuffle else None,
             local_shuffle_seed=(self.seed * 100_003 + epoch * 1_009 + self.rank) if self.shuffle else None,
-        ):
-            yield b["x"], b["y"]
+        )
 
-    def val(self) -> Iterator[Batch]:
-        for j, b in enumerate(self.val_it.iter_torch_batches(batch_size=self.val_batch)):
-            if j % self.world == self.rank:
-                yield b["x"], b["y"]
+    def eval(self, split: str, batch_size: int = 1024) -> Iterator[Cols]:
+        import ray.train
+
+        yield from ray.train.get_dataset_shard(split).iter_torch_batches(batch_size=batch_size)
+
+
+def ingest_config():
+    """Ray Train's DataConfig, except that validation and test are split without `equal=True`
+    (which would drop rows): each rank reads its own part of them, and every row is scored once."""
+    from ray.train import DataConfig
+
+    class IngestConfig(DataConfig):
+        # Ray Train V2 calls this once per dataset, when the workers first ask for its shard.
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            output = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                if name == "train":
+                    parts = super().configure({name: ds}, world_size, worker_handles, worker_node_ids, **kwargs)
+                else:
+                    ds = ds.copy(ds)
+                    ds.context.execution_options = self._resolve_execution_options(name)
+                    parts = [{name: it} for it in ds.streaming_split(world_size, equal=False)]
+                for i, part in enumerate(parts):
+                    output[i].update(part)
+            return output
+
+    return IngestConfig(datasets_to_split="all")

@@ -20,11 +20,10 @@ from raydl.errors import SpecError
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 MAX_SPEC_BYTES = 1 << 20  # a job spec is a page of YAML; anything larger is a mistake
 MAX_ECHO = 80  # characters of a bad value echoed back in an error
-MAX_WIDTH = 65_536  # one hidden layer
 MAX_SYNTHETIC_ROWS = 10_000_000
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     # strict: YAML already types its scalars, so `epochs: true` or `num_workers: 2.5` is a mistake,
     # not something to coerce (an int is still accepted where a float is asked for).
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -53,12 +52,12 @@ def _echo(value: Any) -> str:
     return f"{r[:MAX_ECHO]}... ({size})"
 
 
-class RunSpec(_Section):
+class RunSpec(Section):
     name: str = Field("raydl-run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     storage_path: str = "runs"
 
 
-class SplitSpec(_Section):
+class SplitSpec(Section):
     train: float = Field(0.6, gt=0, lt=1)
     val: float = Field(0.2, gt=0, lt=1)
     test: float = Field(0.2, ge=0, lt=1)
@@ -71,7 +70,7 @@ class SplitSpec(_Section):
         return self
 
 
-class DataSpec(_Section):
+class DataSpec(Section):
     source: str = Field(..., min_length=1, description="built-in dataset name, or a Parquet/CSV file, directory or URI")
     format: Literal["auto", "parquet", "csv"] = "auto"
     features: list[str] | None = None
@@ -85,29 +84,25 @@ class DataSpec(_Section):
     noise: float | None = Field(None, ge=0)
 
 
-class ModelSpec(_Section):
+class ModelSpec(BaseModel):
+    """`name` picks a registered model; every other key is a parameter of that model, checked
+    against the schema the model declares (`raydl.models`) when the spec is loaded."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
     name: str = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [128, 64])
-    activation: Literal["relu", "leaky_relu", "tanh", "sigmoid"] = "relu"
-    dropout: float = Field(0.0, ge=0, lt=1)
-    norm: Literal["none", "batch", "layer"] = "none"
-    init: Literal["default", "xavier", "he"] = "default"
 
-    @field_validator("hidden")
-    @classmethod
-    def _positive_widths(cls, v: list[int]) -> list[int]:
-        if any(w < 1 or w > MAX_WIDTH for w in v):
-            raise ValueError(f"every hidden width must be at least 1 and at most {MAX_WIDTH}")
-        return v
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
-class LossSpec(_Section):
+class LossSpec(Section):
     name: str = "auto"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     huber_delta: float = Field(1.0, gt=0)
 
 
-class ScheduleSpec(_Section):
+class ScheduleSpec(Section):
     name: Literal["none", "step", "cosine"] = "none"
     warmup_epochs: int = Field(0, ge=0)
     step_size: int = Field(10, ge=1)
@@ -115,7 +110,7 @@ class ScheduleSpec(_Section):
     min_lr: float = Field(0.0, ge=0)
 
 
-class OptimizerSpec(_Section):
+class OptimizerSpec(Section):
     name: str = "adam"
     lr: float = Field(1e-3, gt=0, le=10)
     momentum: float = Field(0.0, ge=0, lt=1)
@@ -124,14 +119,14 @@ class OptimizerSpec(_Section):
     schedule: ScheduleSpec = ScheduleSpec()
 
 
-class EarlyStoppingSpec(_Section):
+class EarlyStoppingSpec(Section):
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
     patience: int = Field(5, ge=1)
     min_delta: float = Field(0.0, ge=0)
 
 
-class TrainingSpec(_Section):
+class TrainingSpec(Section):
     epochs: int = Field(20, ge=1, le=100_000)
     batch_size: int = Field(64, ge=1, description="per worker")
     grad_accum_steps: int = Field(1, ge=1)
@@ -143,7 +138,7 @@ class TrainingSpec(_Section):
     shuffle: bool = True
 
 
-class ScalingSpec(_Section):
+class ScalingSpec(Section):
     num_workers: int = Field(2, ge=1, le=1024)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -151,7 +146,7 @@ class ScalingSpec(_Section):
     resources_per_worker: dict[str, float] = Field(default_factory=dict)
 
 
-class CheckpointSpec(_Section):
+class CheckpointSpec(Section):
     every_n_epochs: int = Field(1, ge=1)
     keep_last: int = Field(2, ge=1)
     metric: str = "val_loss"
@@ -159,7 +154,7 @@ class CheckpointSpec(_Section):
     max_failures: int = Field(2, ge=0)
 
 
-class TrackingSpec(_Section):
+class TrackingSpec(Section):
     backend: Literal["wandb", "none"] = "wandb"
     mode: Literal["offline", "online"] = "offline"
     project: str = "raydl"
@@ -168,7 +163,7 @@ class TrackingSpec(_Section):
     log_model: bool = True
 
 
-class JobSpec(_Section):
+class JobSpec(Section):
     run: RunSpec = RunSpec()
     data: DataSpec
     model: ModelSpec = ModelSpec()
@@ -194,21 +189,28 @@ class JobSpec(_Section):
         return {"backend": v} if isinstance(v, str) else v
 
 
-def _format_errors(err: ValidationError, origin: str) -> str:
-    lines = []
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        got = e.get("input")
-        got_s = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {_echo(got)})"
-        lines.append(f"{path}: {msg}{got_s}")
-    n = len(lines)
-    head = f"invalid job spec {origin}: {n} problem{'s' if n > 1 else ''}: "
-    return head + "; ".join(lines)
+def _problem(loc: tuple, msg: str, kind: str, got: Any) -> str:
+    path = ".".join(str(p) for p in loc) or "<root>"
+    msg = msg.removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+    elif kind == "missing":
+        msg = "required key is missing"
+    got_s = "" if kind in ("extra_forbidden", "missing") or got is None or isinstance(got, dict) else f" (got {_echo(got)})"
+    return f"{path}: {msg}{got_s}"
+
+
+def _problems(raw: dict[str, Any]) -> tuple[JobSpec | None, list[str]]:
+    """The spec, or every problem in it: the sections' own, then the model's parameters."""
+    from raydl.models import param_errors  # the models import this module
+
+    spec, lines = None, []
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as err:
+        lines = [_problem(e["loc"], e["msg"], e["type"], e.get("input")) for e in err.errors()]
+    lines += [_problem(loc, msg, "", got) for loc, msg, got in param_errors(raw.get("model", {}))]
+    return spec, lines
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -244,10 +246,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def spec_from_dict(raw: Any, origin: str = "") -> JobSpec:
     if not isinstance(raw, dict):
         raise SpecError(f"invalid job spec {origin}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    try:
-        return JobSpec.model_validate(raw)
-    except ValidationError as e:
-        raise SpecError(_format_errors(e, origin)) from None
+    spec, lines = _problems(raw)
+    if lines:
+        n = len(lines)
+        raise SpecError(f"invalid job spec {origin}: {n} problem{'s' if n > 1 else ''}: " + "; ".join(lines))
+    return spec
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:

@@ -32,19 +32,19 @@ class NullTracker:
 
 
 class WandbTracker:
-    def __init__(self, spec: JobSpec, config: dict) -> None:
-        self.spec, self.config, self.run = spec, config, None
+    def __init__(self, spec: JobSpec, run_dir: str, manifest: dict) -> None:
+        self.spec, self.run_dir, self.manifest, self.run = spec, run_dir, manifest, None
 
     def _start(self):
         import wandb
 
         tr = self.spec.tracking
-        wandb_dir = Path(self.config["run_dir"])
+        wandb_dir = Path(self.run_dir)
         wandb_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=tr.project, entity=tr.entity, name=self.spec.run.name, tags=tr.tags,
             dir=str(wandb_dir), mode=tr.mode, reinit="finish_previous",
-            config={"spec": self.spec.model_dump(mode="json"), "manifest": self.config["manifest"]},
+            config={"spec": self.spec.model_dump(mode="json"), "manifest": self.manifest},
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
         )
         return self.run
@@ -70,7 +70,7 @@ class WandbTracker:
         run.finish()
 
 
-def start_tracker(spec: JobSpec, config: dict, rank: int) -> Tracker:
+def start_tracker(spec: JobSpec, run_dir: str, manifest: dict, rank: int) -> Tracker:
     if rank != 0 or spec.tracking.backend == "none":
         return NullTracker()
-    return WandbTracker(spec, config)
+    return WandbTracker(spec, run_dir, manifest)

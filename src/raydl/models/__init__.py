@@ -1,28 +1,110 @@
-"""The model zoo. Adding a model is one `@MODELS.register(name)` on a builder.
+"""The model zoo. Adding a model is one `@register_model(name, Params)` on a builder.
 
-A builder takes `(spec: ModelSpec, in_features: int, n_outputs: int, image_shape)` and returns an
-`nn.Module` mapping a float batch `[B, in_features]` to `[B, n_outputs]`.
+Each model declares its own parameters as a pydantic schema (a `Section`): the spec's `model:`
+section is `{name, ...those parameters}`, checked against it when the spec is loaded, so a wrong
+or unknown parameter is reported with its dotted path and the spec's other problems, before Ray
+starts. A builder takes `(params, kind, n_outputs)`: its typed parameters, the data kind (whose
+`shape` is one sample's input shape) and the number of outputs the task wants; it returns an
+`nn.Module` called as `model(batch)` on a batch of that kind.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args, get_origin
 
+from pydantic import ValidationError
 from torch import nn
 
+from raydl.batches import DataKind, model_input
 from raydl.registry import Registry
-from raydl.spec import ModelSpec
+from raydl.spec import ModelSpec, Section
 
 
-class ModelBuilder(Protocol):
-    def __call__(self, spec: ModelSpec, in_features: int, n_outputs: int, image_shape: list[int] | None) -> nn.Module: ...
+@dataclass(frozen=True)
+class ModelEntry:
+    build: Callable[[Any, DataKind, int], nn.Module]
+    params: type[Section]
+    kinds: tuple[str, ...]  # the data kinds it takes
+    doc: str
 
 
-MODELS: Registry[ModelBuilder] = Registry("model")
+MODELS: Registry[ModelEntry] = Registry("model")
 
 
-def build_model(spec: ModelSpec, in_features: int, n_outputs: int, image_shape: list[int] | None = None) -> nn.Module:
-    return MODELS.get(spec.name, "model.name")(spec, in_features, n_outputs, image_shape)
+def register_model(name: str, params: type[Section], kinds: tuple[str, ...] = ("tabular", "image")):
+    def add(build: Callable[[Any, DataKind, int], nn.Module]) -> Callable[[Any, DataKind, int], nn.Module]:
+        doc = (build.__doc__ or "").strip().splitlines()[0] if build.__doc__ else ""
+        MODELS.register(name)(ModelEntry(build, params, kinds, doc))
+        return build
+
+    return add
+
+
+class OneTensor(nn.Sequential):
+    """A Sequential whose input is the batch's `x` (or a bare tensor): the state-dict keys stay those
+    of the plain Sequential."""
+
+    def forward(self, batch: Mapping[str, Any] | Any) -> Any:
+        return super().forward(model_input(batch))
+
+
+def param_errors(model: Any) -> list[tuple[tuple, str, Any]]:
+    """(location, message, input) of every problem in a raw `model:` section's parameters."""
+    if not isinstance(model, Mapping) or not isinstance(model.get("name", "mlp"), str):
+        return []  # the spec's own validation reports the section's shape
+    name = model.get("name", "mlp")
+    if name not in MODELS:
+        return [(("model", "name"), f"unknown model {name!r}; valid: {', '.join(MODELS.names())}", None)]
+    entry = MODELS.get(name)
+    try:
+        entry.params.model_validate({k: v for k, v in model.items() if k != "name"})
+    except ValidationError as e:
+        known = ", ".join(entry.params.model_fields) or "none"
+        return [(("model", *e_["loc"]),
+                 f"unknown parameter of model {name} (its parameters: {known})" if e_["type"] == "extra_forbidden"
+                 else e_["msg"].removeprefix("Value error, "),
+                 None if e_["type"] in ("extra_forbidden", "missing") else e_.get("input"))
+                for e_ in e.errors()]
+    return []
+
+
+def model_params(spec: ModelSpec) -> Section:
+    """The typed parameters of the model a spec names."""
+    return MODELS.get(spec.name, "model.name").params.model_validate(spec.params)
+
+
+def build_model(spec: ModelSpec, kind: DataKind, n_outputs: int) -> nn.Module:
+    entry = MODELS.get(spec.name, "model.name")
+    if kind.name not in entry.kinds:
+        from raydl.errors import SpecError
+
+        raise SpecError(f"model.name: {spec.name} takes {' or '.join(entry.kinds)} data, not {kind.name} data")
+    return entry.build(model_params(spec), kind, n_outputs)
+
+
+def in_features(kind: DataKind) -> int:
+    return math.prod(kind.shape)
+
+
+def _type_name(t: Any) -> str:
+    if get_origin(t) is Literal:
+        return " | ".join(repr(a) for a in get_args(t))
+    return getattr(t, "__name__", None) if not get_args(t) else str(t).replace("typing.", "")
+
+
+def describe() -> str:
+    """Every registered model, the data it takes, and its parameters with their defaults."""
+    lines = []
+    for name in MODELS.names():
+        entry = MODELS.get(name)
+        lines.append(f"{name}  ({', '.join(entry.kinds)} data)  {entry.doc}")
+        for field, info in entry.params.model_fields.items():
+            default = info.get_default(call_default_factory=True)
+            lines.append(f"    {field}: {_type_name(info.annotation)} = {default!r}" + (f"  ({info.description})" if info.description else ""))
+    return "\n".join(lines)
 
 
 from raydl.models import linear, mlp  # noqa: E402,F401  (registers the built-in models)

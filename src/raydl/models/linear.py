@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from torch import nn
 
-from raydl.models import MODELS
-from raydl.models.mlp import init_weights
-from raydl.spec import ModelSpec
+from raydl.batches import DataKind
+from raydl.models import OneTensor, in_features, register_model
+from raydl.models.mlp import Init, init_weights
+from raydl.spec import Section
 
 
-@MODELS.register("logistic_regression")
-def logistic_regression(spec: ModelSpec, in_features: int, n_outputs: int, image_shape=None) -> nn.Module:
-    model = nn.Sequential(nn.Flatten(), nn.Linear(in_features, n_outputs))
-    init_weights(model, spec.init, "sigmoid")
+class LinearParams(Section):
+    init: Init = "default"
+
+
+@register_model("logistic_regression", LinearParams)
+def logistic_regression(p: LinearParams, kind: DataKind, n_outputs: int) -> nn.Module:
+    """One affine layer: logistic regression with a classification loss, linear with a regression one."""
+    model = OneTensor(nn.Flatten(), nn.Linear(in_features(kind), n_outputs))
+    init_weights(model, p.init, "sigmoid")
     return model
 
 
-MODELS.register("linear")(logistic_regression)
+register_model("linear", LinearParams)(logistic_regression)

@@ -1,0 +1,189 @@
+"""The batch/task contract, typed per-model parameters and the model-directory format version."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from raydl import loop
+from raydl.batches import FixedShape, batch_len, build_kind, to_device
+from raydl.cli import main
+from raydl.data import prepare
+from raydl.errors import DataError, SpecError
+from raydl.inference import evaluate
+from raydl.loop import WorkerConfig, _grad_health, evaluate_batches
+from raydl.model_dir import FORMAT_VERSION, load_model, manifest, write_model_dir
+from raydl.models import MODELS, build_model
+from raydl.penalties import L1, build_penalties
+from raydl.spec import JobSpec, spec_from_dict
+from raydl.tasks import TASKS, build_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- per-model parameters ----------------------------------------------------------------
+
+
+def test_wrong_and_unknown_model_parameters_are_listed_with_the_other_problems():
+    raw = {"data": {"source": "iris"}, "training": {"epochs": 0},
+           "model": {"name": "mlp", "hidden": [8, "wide"], "dropout": 1.5, "depth": 3}}
+    with pytest.raises(SpecError) as err:
+        spec_from_dict(raw)
+    msg = str(err.value)
+    assert msg.startswith("invalid job spec : 4 problems: ")
+    for part in ("training.epochs: Input should be greater than or equal to 1 (got 0)",
+                 "model.hidden.1: Input should be a valid integer (got 'wide')",
+                 "model.dropout: Input should be less than 1 (got 1.5)",
+                 "model.depth: unknown parameter of model mlp (its parameters: hidden, activation, dropout, norm, init)"):
+        assert part in msg, msg
+
+
+def test_a_parameter_of_another_model_is_unknown_and_an_unknown_model_lists_the_zoo():
+    with pytest.raises(SpecError, match=r"model.hidden: unknown parameter of model logistic_regression \(its parameters: init\)"):
+        spec_from_dict({"data": {"source": "iris"}, "model": {"name": "logistic_regression", "hidden": [4]}})
+    with pytest.raises(SpecError, match=r"model.name: unknown model 'resnet9000'; valid: linear, logistic_regression, mlp"):
+        spec_from_dict({"data": {"source": "iris"}, "model": {"name": "resnet9000"}})
+
+
+def test_every_shipped_config_validates_against_its_models_schema():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        spec = spec_from_dict(raw, origin=str(path))
+        assert MODELS.get(spec.model.name).params.model_validate(spec.model.params) is not None
+
+
+def test_raydl_models_lists_models_data_kinds_and_parameters(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in MODELS.names():
+        assert re.search(rf"^{name}  \(tabular, image data\)", out, re.M), out
+    assert "    hidden: list[int] = [128, 64]  (widths of the hidden layers)" in out
+    assert "    activation: 'relu' | 'leaky_relu' | 'tanh' | 'sigmoid' = 'relu'" in out
+
+
+# ---- the batch/task contract ---------------------------------------------------------------
+
+
+def test_loop_names_no_model_family_task_or_data_kind():
+    src = (REPO / "src" / "raydl" / "loop.py").read_text()
+    names = [*MODELS.names(), *TASKS.names(), "tabular", "image", "image_shape", "n_classes", "(x, y)"]
+    assert [n for n in names if n in src] == []
+
+
+def test_a_batch_is_a_mapping_moved_in_one_place_and_counted_by_its_target():
+    kind = FixedShape("image", (1, 2, 2))
+    batch = kind.collate({"x": torch.arange(12.0).reshape(3, 4), "y": torch.tensor([0, 1, 0])})
+    assert batch["x"].shape == (3, 1, 2, 2) and batch_len(batch) == 3
+    moved = to_device(batch, torch.device("cpu"))
+    assert set(moved) == {"x", "y"} and torch.equal(moved["x"], batch["x"])
+
+    class Graphs:  # what torch-geometric's Batch offers: .to() and num_graphs
+        num_graphs = 5
+
+        def to(self, device, non_blocking=False):
+            self.device = device
+            return self
+
+    g = to_device(Graphs(), torch.device("cpu"))
+    assert g.device == torch.device("cpu") and batch_len(g) == 5
+
+
+def test_divergence_check_sees_every_parameter_that_has_a_gradient():
+    params = [nn.Parameter(torch.zeros(3)) for _ in range(3)]
+    params[0].grad = torch.tensor([0.0, float("nan"), 0.0])  # the first layer, not the output layer
+    params[2].grad = torch.ones(3)  # params[1] is frozen or an unused head: no gradient
+    assert not torch.isfinite(_grad_health(params))
+    params[0].grad = torch.ones(3)
+    assert torch.isfinite(_grad_health(params)) and _grad_health(params).item() == 6.0
+    assert _grad_health([nn.Parameter(torch.zeros(1))]).item() == 0.0
+
+
+def test_l1_is_a_penalty_term_on_weights_not_biases():
+    spec = JobSpec.model_validate({"data": {"source": "iris"}, "optimizer": {"l1": 0.5}})
+    (pen,) = build_penalties(spec)
+    m = nn.Linear(2, 1)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        m.bias.fill_(10.0)
+    assert isinstance(pen, L1) and pen(m, {}, torch.zeros(1)).item() == pytest.approx(1.5)
+    assert build_penalties(JobSpec.model_validate({"data": {"source": "iris"}})) == []
+
+
+def test_worker_config_is_one_typed_object_that_survives_pickling():
+    spec = JobSpec.model_validate({"data": {"source": "iris"}, "model": {"hidden": [4]}})
+    cfg = WorkerConfig(spec=spec, prep=prepare(spec.data).prep, loader="in_memory", run_dir="/r", manifest={"a": 1},
+                       launch_ts=1.0)
+    back = cloudpickle.loads(cloudpickle.dumps(cfg))
+    assert back == cfg and back.spec.model.params == {"hidden": [4]}
+
+
+def test_evaluation_statistics_add_up_across_rank_parts():
+    spec = JobSpec.model_validate({"data": {"source": "wine"}, "model": {"hidden": [8]}})
+    p = prepare(spec.data)
+    task, kind = build_task(p.prep, spec.loss), build_kind(p.prep)
+    model = build_model(spec.model, kind, task.n_outputs())
+    x, y = torch.from_numpy(p.val.X), torch.from_numpy(p.val.y)
+
+    def parts(world):
+        return [evaluate_batches(model, [{"x": x[r::world], "y": y[r::world]}], task, kind, "cpu") for r in range(world)]
+
+    whole = task.summarize(sum(parts(1)), "val")
+    split = task.summarize(sum(parts(3)), "val")
+    assert whole == pytest.approx(split, rel=1e-6)
+
+
+# ---- the model directory's format version ---------------------------------------------------
+
+
+@pytest.fixture
+def logreg_dir(tmp_path) -> Path:
+    spec = JobSpec.model_validate({"data": {"source": "breast_cancer"}, "model": {"name": "logistic_regression"},
+                                   "loss": {"name": "log_loss"}, "tracking": "none"})
+    p = prepare(spec.data)
+    module = build_model(spec.model, build_kind(p.prep), build_task(p.prep, spec.loss).n_outputs())
+    return write_model_dir(tmp_path / "model", module.state_dict(), spec, p.prep, {"final": {}}, manifest(spec, p.fingerprint))
+
+
+def test_the_format_version_is_recorded_and_a_newer_one_refused(logreg_dir):
+    man = json.loads((logreg_dir / "manifest.json").read_text())
+    assert man["format_version"] == FORMAT_VERSION == 2
+    man["format_version"] = 3
+    (logreg_dir / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(DataError, match=r"model directory format 3 is newer than this raydl reads \(formats 1 to 2\); upgrade raydl"):
+        load_model(logreg_dir)
+
+
+def test_a_version_1_directory_is_read(logreg_dir):
+    """Version 1 had no format_version and wrote every MLP field into any model's section."""
+    man = json.loads((logreg_dir / "manifest.json").read_text())
+    del man["format_version"]
+    (logreg_dir / "manifest.json").write_text(json.dumps(man))
+    spec = yaml.safe_load((logreg_dir / "spec.yaml").read_text())
+    spec["model"] = {"name": "logistic_regression", "hidden": [128, 64], "activation": "relu", "dropout": 0.0,
+                     "norm": "none", "init": "xavier"}
+    (logreg_dir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    model = load_model(logreg_dir)
+    assert model.spec.model.params == {"init": "xavier"}
+    assert 0.0 <= evaluate(logreg_dir, "breast_cancer")["eval_accuracy"] <= 1.0
+
+
+def test_loop_module_has_no_untyped_config_keys():
+    src = Path(loop.__file__).read_text()
+    assert re.findall(r'config\["(\w+)"\]', src) == ["worker"]
+
+
+def test_predictions_come_from_the_task(logreg_dir):
+    model = load_model(logreg_dir)
+    p = prepare(model.spec.data)
+    raw = np.asarray(p.raw_train.to_pandas().to_numpy(), dtype=np.float64)[:5]
+    cols = model.task.prediction_columns(model.outputs(raw))
+    assert set(cols) == {"prediction", "prob_0", "prob_1"}
+    assert np.allclose(cols["prob_0"] + cols["prob_1"], 1.0, atol=1e-6)
