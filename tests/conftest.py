@@ -12,6 +12,18 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+@pytest.fixture(autouse=True)
+def _ray_auth_mode_restored():
+    """`raydl.launch.connect` sets RAY_AUTH_MODE=token for an --address when ~/.ray/auth_token exists;
+    in-process tests must not hand that to the next test's embedded Ray."""
+    before = os.environ.get("RAY_AUTH_MODE")
+    yield
+    if before is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = before
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """An embedded Ray with 2 CPUs and its own temp dir, shut down at the end of the session."""

@@ -246,9 +246,9 @@ def test_empty_dataset(capsys, tmp_path):
 
 
 def test_fewer_rows_than_workers(capsys, tmp_path):
-    f = table_file(tmp_path, good_columns(n=5))  # a train split of 3 rows
-    fails_cleanly(capsys, tmp_path, ["train", str(write_spec(tmp_path, source=str(f), label="y")), "scaling.num_workers=4"],
-                  "3 row(s)", "4 worker(s)", "scaling.num_workers")
+    f = table_file(tmp_path, good_columns(n=5))  # a train split of at most 5 rows
+    fails_cleanly(capsys, tmp_path, ["train", str(write_spec(tmp_path, source=str(f), label="y")), "scaling.num_workers=6"],
+                  "the train split has", "fewer than the 6 worker(s)", "scaling.num_workers")
 
 
 def test_single_class(capsys, tmp_path):

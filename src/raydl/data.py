@@ -1,7 +1,8 @@
 """From a source table to clean arrays: column checks, the seeded split, standardisation.
 
 `prepare(spec)` runs on the driver before Ray starts, so bad data fails fast with one line.
-The split depends only on the data seed, never on the number of workers. Standardisation
+The split depends only on each row's content and the data seed, never on the number of workers
+or the order of the rows. Standardisation
 statistics are fitted on the train split only and travel with the model as `Preprocessing`.
 """
 
@@ -16,6 +17,7 @@ import pyarrow as pa
 from raydl.datasets import load_source
 from raydl.errors import DataError
 from raydl.spec import DataSpec
+from raydl.split import assign, row_keys
 
 MAX_CLASSES = 1000
 
@@ -129,14 +131,12 @@ def _labels(col: pa.ChunkedArray, task: str, where: str) -> tuple[np.ndarray, li
     return y.astype(np.int64), [c.item() if hasattr(c, "item") else c for c in classes]
 
 
-def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A seeded permutation cut into train/val/test; identical for every worker count."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_train = int(round(fractions[0] * n))
-    n_val = int(round(fractions[1] * n))
-    if fractions[2] == 0:
-        n_val = n - n_train
-    return perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
+def split_indices(X: np.ndarray, label: np.ndarray, fractions: tuple[float, float, float], seed: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of train/val/test, from each row's content hashed with the seed (`raydl.split`):
+    the same rows as the Ray Data path puts there, for any worker count or file layout."""
+    part = assign(row_keys(X, label), seed, fractions)
+    return tuple(np.flatnonzero(part == i) for i in range(3))
 
 
 def fingerprint(X: np.ndarray, y: np.ndarray) -> str:
@@ -164,7 +164,10 @@ def prepare(spec: DataSpec, min_train_rows: int = 1) -> Prepared:
     X = feature_matrix(table, features)
     y, classes = _labels(table.column(label), task, "data")
 
-    tr, va, te = split_indices(len(y), (spec.split.train, spec.split.val, spec.split.test), spec.seed)
+    raw_label = table.column(label)
+    if pa.types.is_dictionary(raw_label.type):
+        raw_label = raw_label.cast(raw_label.type.value_type)
+    tr, va, te = split_indices(X, raw_label.to_numpy(zero_copy_only=False), (spec.split.train, spec.split.val, spec.split.test), spec.seed)
     if len(tr) < min_train_rows:
         raise DataError(f"data: the train split has {len(tr)} row(s), fewer than the {min_train_rows} worker(s) asked for; add data or lower scaling.num_workers")
     if len(va) == 0:

@@ -37,8 +37,9 @@ def test_raydl_train_model_profile_and_check(tmp_path: Path) -> None:
     m = load_model(model_dir)
     from raydl.data import split_indices
 
-    _, _, held_out = split_indices(1797, (0.6, 0.2, 0.2), seed=0)  # the run's test split
-    x = load_digits().data.astype(np.float64)[held_out]
+    digits = load_digits()
+    _, _, held_out = split_indices(digits.data.astype(np.float64), digits.target, (0.6, 0.2, 0.2), seed=0)  # the run's test split
+    x = digits.data.astype(np.float64)[held_out]
     ind = output_scores(m.logits(x))
     aurocs = {}
     for kind in ("noise", "inverted", "rotated"):
