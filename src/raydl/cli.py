@@ -72,10 +72,12 @@ def _last_checkpoint_epoch(rdir) -> int | None:
     (its snapshot can lag the checkpoint dirs on disk), read from the loop state raydl saves in it."""
     from pathlib import Path
 
+    from raydl.loop import LOOP_STATE_FILE
+
     try:
         snap = json.loads((Path(rdir) / "checkpoint_manager_snapshot.json").read_text())
         latest = Path(rdir) / snap["latest_checkpoint_result"]["checkpoint_dir_name"]
-        return int(json.loads((latest / "state.json").read_text())["next_epoch"])  # loop.LOOP_STATE_FILE
+        return int(json.loads((latest / LOOP_STATE_FILE).read_text())["next_epoch"])
     except Exception:  # no checkpoint yet, or a format this version does not know
         return None
 

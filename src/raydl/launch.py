@@ -72,11 +72,9 @@ def resolve(spec: JobSpec) -> Prepared:
 
 def connect(address: str | None) -> bool:
     """Connect to `address` (or RAY_ADDRESS, or `raydl cluster up`'s head), else start an embedded
-    local Ray. True if we started it."""
+    local Ray. True if we started it. The caller has checked the address (`check_address`)."""
     if address or os.environ.get("RAY_ADDRESS"):
-        where = "--address" if address else "RAY_ADDRESS"
         address = address or os.environ["RAY_ADDRESS"]
-        check_address(address, where)  # Ray would retry a closed port for minutes
     else:
         from raydl import cluster
 
@@ -180,7 +178,7 @@ def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
     # Checked before anything is read or written:
     output_dir(Path(spec.run.storage_path).expanduser(), "run.storage_path")
     if address or os.environ.get("RAY_ADDRESS"):
-        check_address(address or os.environ["RAY_ADDRESS"], "--address" if address else "RAY_ADDRESS")
+        check_address(address or os.environ["RAY_ADDRESS"], "--address" if address else "RAY_ADDRESS")  # Ray would retry a closed port for minutes
     prepared = resolve(spec)
     rdir = run_dir(spec)
     # One driver per run: held before the run dir is removed (--restart) or written, until Ray is shut down.

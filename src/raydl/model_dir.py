@@ -16,10 +16,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -34,6 +32,7 @@ from raydl.batches import DataKind, build_kind
 from raydl.data import Preprocessing
 from raydl.errors import DataError
 from raydl.models import MODELS, build_model
+from raydl.paths import dir_swapped_in
 from raydl.spec import JobSpec, spec_from_dict, spec_to_yaml
 from raydl.tasks import Task, build_task
 
@@ -83,24 +82,12 @@ def manifest(spec: JobSpec, fingerprint: str) -> dict:
 def write_model_dir(path: Path, weights: dict, spec: JobSpec, prep: Preprocessing, metrics: dict, man: dict) -> Path:
     """Write every file into a temp dir beside `path`, then swap it in with renames."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with dir_swapped_in(path) as tmp:
         torch.save(weights, tmp / "weights.pt")
         (tmp / "spec.yaml").write_text(spec_to_yaml(spec))
         (tmp / "preprocessing.json").write_text(json.dumps(prep.to_dict(), indent=2))
         (tmp / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
         (tmp / "manifest.json").write_text(json.dumps(man, indent=2))
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -9,7 +9,11 @@ writes through a temp file in the same folder and `os.replace`, so a reader neve
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from raydl.errors import OutputError
@@ -83,3 +87,24 @@ def write_atomic(out: str | os.PathLike, data: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def dir_swapped_in(dest: str | os.PathLike) -> Iterator[Path]:
+    """A temp dir beside `dest` to fill in the `with`; at its end the temp dir replaces `dest` by
+    renames (a reader sees the old directory or the new one, never a mix); on an error it goes."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    old = None
+    try:
+        yield tmp
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex}")
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

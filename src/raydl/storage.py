@@ -33,6 +33,7 @@ import pyarrow
 import pyarrow.fs as pafs
 
 from raydl.errors import DataError, OutputError, RaydlError
+from raydl.paths import dir_swapped_in
 
 MARKER = "_COMPLETE"
 ENDPOINT_VARS = ("RAYDL_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
@@ -265,22 +266,10 @@ def publish_dir(local_dir: Path, dest: str, progress: Progress | None = None) ->
 
 
 def _swap_local(local_dir: Path, dest: Path) -> None:
-    """Copy into a temp dir beside `dest`, then swap it in with renames (as write_model_dir)."""
+    """Copy into a temp dir beside `dest`, then swap it in with renames."""
     with _errors(str(dest), "publish to", OutputError):
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-        try:
+        with dir_swapped_in(dest) as tmp:
             shutil.copytree(local_dir, tmp, dirs_exist_ok=True)
-            old = None
-            if dest.exists():
-                old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex}")
-                os.replace(dest, old)
-            os.replace(tmp, dest)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
 
 def _files_under(fs: pafs.FileSystem, root: str) -> list[str]:
