@@ -14,7 +14,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 @pytest.fixture(autouse=True)
 def _ray_auth_mode_restored():
-    """`raydl.launch.connect` sets RAY_AUTH_MODE=token for an --address when ~/.ray/auth_token exists;
+    """`raydl.session.connect` sets RAY_AUTH_MODE=token for an --address when ~/.ray/auth_token exists;
     in-process tests must not hand that to the next test's embedded Ray."""
     before = os.environ.get("RAY_AUTH_MODE")
     yield
@@ -25,15 +25,28 @@ def _ray_auth_mode_restored():
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """An embedded Ray with 2 CPUs and its own temp dir, shut down at the end of the session."""
+def s3_session():
+    """A real S3 API server (moto, tests/s3.py) for the whole session, its endpoint and credentials
+    in this process's environment: Ray's processes take their environment (and so their S3
+    credentials) when Ray starts, so `ray_local` starts after this."""
+    from s3 import s3_server
+
+    with s3_server() as s3:
+        os.environ.update(s3.env)
+        yield s3
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_session):
+    """An embedded Ray with its own temp dir, shut down at the end of the session: 3 logical CPUs, as
+    `raydl train` gives an embedded Ray that streams files (2 workers and Ray Data's file listing)."""
     import ray
 
     if ray.is_initialized():
         yield ray
         return
     tmp = tempfile.mkdtemp(prefix="raydl-test-ray-")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False, logging_level="WARNING")
+    ray.init(num_cpus=3, include_dashboard=False, _temp_dir=tmp, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

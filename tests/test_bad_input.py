@@ -293,9 +293,9 @@ def test_real_exit_code(tmp_path, case, expected):
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [
-        (["scaling.num_workers=3"], ["3 workers", "CPU: 3 asked", "2 in the cluster"]),
+        (["scaling.num_workers=4"], ["4 workers", "CPU: 4 asked", "3 in the cluster"]),
         (["scaling.use_gpu=true"], ["GPU: 2 asked", "0 in the cluster"]),
-        (["scaling.num_workers=1", "scaling.cpus_per_worker=4"], ["CPU: 4 asked"]),
+        (["scaling.num_workers=1", "scaling.cpus_per_worker=5"], ["CPU: 5 asked"]),
     ],
 )
 def test_more_than_the_cluster_has(ray_local, capsys, tmp_path, overrides, words):
@@ -341,3 +341,12 @@ def test_training_diverges_to_nan(ray_local, capsys, tmp_path):
     assert m, line
     assert int(m.group(1)) == 1 and int(m.group(2)) >= 1, line
     assert snapshot(model) == before, "a diverged run must not write the model directory"
+
+
+def test_a_model_whose_output_the_task_cannot_read(capsys, tmp_path):
+    """A classifier (one logit per class) on segmentation data (per-pixel classes): found by a
+    forward pass on the meta device before Ray starts, not at the first step on the workers."""
+    spec = write_spec(tmp_path, source="shapes_segmentation", n_samples=40)
+    fails_cleanly(capsys, tmp_path, ["train", str(spec), "model={name: cnn, channels: [4]}"],
+                  "segmentation task needs per-pixel logits", "got shape")
+

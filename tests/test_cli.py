@@ -19,7 +19,7 @@ ROOT = Path(__file__).parent.parent
 
 def test_validate_prints_a_summary(capsys):
     assert main(["validate", str(ROOT / "configs" / "xor_mlp.yaml")]) == 0
-    assert "valid (mlp on xor: 1171/413/416 rows, 2 features, classification)" in capsys.readouterr().out
+    assert "valid (mlp on xor: 1171/413/416 rows in memory, 2 features, classification)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

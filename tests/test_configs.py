@@ -18,6 +18,34 @@ BARS = {
     "breast_cancer_logreg.yaml": ("test_accuracy", 0.95),
     "xor_mlp.yaml": ("test_accuracy", 0.95),
     "diabetes_regression.yaml": ("test_r2", 0.30),  # least squares: 0.339 on this split
+    # vision zoo (#8); bars whose runs take minutes are checked by bench/zoo_vision.py (BENCHED)
+    "cnn_digits.yaml": ("test_accuracy", 0.98),
+    "resnet_digits.yaml": ("test_accuracy", 0.98),
+    "mobilenet_v1_digits.yaml": ("test_accuracy", 0.97),
+    "mobilenet_v2_digits.yaml": ("test_accuracy", 0.97),
+    "unet_shapes.yaml": ("test_miou", 0.85),
+    "detection_shapes.yaml": ("test_map50", 0.70),  # the issue's goal
+    "focal_digits_imbalanced.yaml": ("test_recall", 0.85),  # macro recall (0.87 measured); minority recall vs CE: bench
+    # Sequence and graph rows (zoo-seq); figures in bench/RESULTS.md ("Model zoo: sequences and graphs").
+    "cnn1d_waveforms.yaml": ("test_accuracy", 0.95),
+    "rnn_digits_rows.yaml": ("test_accuracy", 0.95),
+    "lstm_digits_rows.yaml": ("test_accuracy", 0.95),
+    "gru_majority.yaml": ("test_accuracy", 0.95),  # variable-length task: no bar in the issue; ours
+    "transformer_digits_rows.yaml": ("test_accuracy", 0.95),
+    "transformer_majority.yaml": ("test_accuracy", 0.95),  # variable-length task: ours
+    "transformer_grammar.yaml": ("test_ppl_reduction", 0.5),  # perplexity at most half the unigram baseline's
+    "gcn_karate.yaml": ("test_accuracy", 0.7),  # members never used in training
+    "gcn_graph_shapes.yaml": ("test_accuracy", 0.9),
+    "gat_graph_shapes.yaml": ("test_accuracy", 0.9),
+}
+# Configs whose bar is checked elsewhere (the runs take minutes here): where.
+CHECKED_ELSEWHERE = {
+    "cnn_digits.yaml": "tests/test_zoo_vision_slow.py (with its int8 copies)",
+    **dict.fromkeys(["resnet_digits.yaml", "mobilenet_v1_digits.yaml", "mobilenet_v2_digits.yaml", "unet_shapes.yaml",
+                     "detection_shapes.yaml", "focal_digits_imbalanced.yaml"], "bench/zoo_vision.py"),
+    **dict.fromkeys(["rnn_digits_rows.yaml", "gru_majority.yaml", "transformer_digits_rows.yaml",
+                     "transformer_majority.yaml", "transformer_grammar.yaml", "gcn_graph_shapes.yaml",
+                     "gat_graph_shapes.yaml"], "bench/zoo_seq.py"),
 }
 
 
@@ -33,7 +61,7 @@ def test_config_validates(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [c for c in CONFIGS if c.name not in CHECKED_ELSEWHERE], ids=lambda p: p.name)
 def test_config_meets_its_bar(path, ray_local, storage):
     spec = load_spec(path, [f"run.storage_path={storage}", "tracking.backend=none"])
     result = train(spec)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cloudpickle
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -16,13 +17,15 @@ from torch import nn
 from raydl import loop
 from raydl.batches import FixedShape, batch_len, build_kind, to_device
 from raydl.cli import main
-from raydl.data import prepare
+from raydl.data import prepare, prepare_arrays
+from raydl.datasets import DATASETS, Arrays, Builtin
 from raydl.errors import DataError, SpecError
-from raydl.inference import evaluate
+from raydl.inference import evaluate, predict
 from raydl.loop import WorkerConfig, _grad_health, evaluate_batches
 from raydl.model_dir import FORMAT_VERSION, load_model, manifest, write_model_dir
 from raydl.models import MODELS, build_model
 from raydl.penalties import L1, build_penalties
+from raydl.sharding import InMemoryShards
 from raydl.spec import JobSpec, spec_from_dict
 from raydl.tasks import TASKS, build_task
 
@@ -49,7 +52,7 @@ def test_wrong_and_unknown_model_parameters_are_listed_with_the_other_problems()
 def test_a_parameter_of_another_model_is_unknown_and_an_unknown_model_lists_the_zoo():
     with pytest.raises(SpecError, match=r"model.hidden: unknown parameter of model logistic_regression \(its parameters: init\)"):
         spec_from_dict({"data": {"source": "iris"}, "model": {"name": "logistic_regression", "hidden": [4]}})
-    with pytest.raises(SpecError, match=r"model.name: unknown model 'resnet9000'; valid: linear, logistic_regression, mlp"):
+    with pytest.raises(SpecError, match=rf"model.name: unknown model 'resnet9000'; valid: {', '.join(MODELS.names())}$"):
         spec_from_dict({"data": {"source": "iris"}, "model": {"name": "resnet9000"}})
 
 
@@ -64,7 +67,7 @@ def test_raydl_models_lists_models_data_kinds_and_parameters(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     for name in MODELS.names():
-        assert re.search(rf"^{name}  \(tabular, image data\)", out, re.M), out
+        assert re.search(rf"^{name}  \({', '.join(MODELS.get(name).kinds)} data\)", out, re.M), out
     assert "    hidden: list[int] = [128, 64]  (widths of the hidden layers)" in out
     assert "    activation: 'relu' | 'leaky_relu' | 'tanh' | 'sigmoid' = 'relu'" in out
 
@@ -108,13 +111,13 @@ def test_divergence_check_sees_every_parameter_that_has_a_gradient():
 
 def test_l1_is_a_penalty_term_on_weights_not_biases():
     spec = JobSpec.model_validate({"data": {"source": "iris"}, "optimizer": {"l1": 0.5}})
-    (pen,) = build_penalties(spec)
+    (pen,) = build_penalties(spec, nn.Linear(1, 1))
     m = nn.Linear(2, 1)
     with torch.no_grad():
         m.weight.copy_(torch.tensor([[1.0, -2.0]]))
         m.bias.fill_(10.0)
     assert isinstance(pen, L1) and pen(m, {}, torch.zeros(1)).item() == pytest.approx(1.5)
-    assert build_penalties(JobSpec.model_validate({"data": {"source": "iris"}})) == []
+    assert build_penalties(JobSpec.model_validate({"data": {"source": "iris"}}), nn.Linear(1, 1)) == []
 
 
 def test_worker_config_is_one_typed_object_that_survives_pickling():
@@ -154,11 +157,30 @@ def logreg_dir(tmp_path) -> Path:
 
 def test_the_format_version_is_recorded_and_a_newer_one_refused(logreg_dir):
     man = json.loads((logreg_dir / "manifest.json").read_text())
-    assert man["format_version"] == FORMAT_VERSION == 2
-    man["format_version"] = 3
+    assert man["format_version"] == FORMAT_VERSION == 3
+    man["format_version"] = 4
     (logreg_dir / "manifest.json").write_text(json.dumps(man))
-    with pytest.raises(DataError, match=r"model directory format 3 is newer than this raydl reads \(formats 1 to 2\); upgrade raydl"):
+    with pytest.raises(DataError, match=r"model directory format 4 is newer than this raydl reads \(formats 1 to 3\); upgrade raydl"):
         load_model(logreg_dir)
+
+
+def test_a_version_2_image_directory_is_read(tmp_path):
+    """Version 2 named an image model's input shape `image_shape` in preprocessing.json."""
+    spec = spec_from_dict({"data": {"source": "digits_images", "standardize": "global"}, "model": {"name": "mlp", "hidden": [8]}})
+    p = prepare(spec.data)
+    module = build_model(spec.model, build_kind(p.prep), build_task(p.prep, spec.loss).n_outputs())
+    mdir = write_model_dir(tmp_path / "model", module.state_dict(), spec, p.prep, {"final": {}}, manifest(spec, p.fingerprint))
+    man, pre = (json.loads((mdir / f).read_text()) for f in ("manifest.json", "preprocessing.json"))
+    assert (pre["kind"], pre["shape"]) == ("image", [1, 8, 8])
+    man["format_version"] = 2
+    for k in ("kind", "shape", "kind_params"):
+        del pre[k]
+    pre["image_shape"] = [1, 8, 8]
+    (mdir / "manifest.json").write_text(json.dumps(man))
+    (mdir / "preprocessing.json").write_text(json.dumps(pre))
+    model = load_model(mdir)
+    assert model.kind.name == "image" and model.kind.shape == (1, 8, 8)
+    assert 0.0 <= evaluate(mdir, "digits_images")["eval_accuracy"] <= 1.0
 
 
 def test_a_version_1_directory_is_read(logreg_dir):
@@ -187,3 +209,52 @@ def test_predictions_come_from_the_task(logreg_dir):
     cols = model.task.prediction_columns(model.outputs(raw))
     assert set(cols) == {"prediction", "prob_0", "prob_1"}
     assert np.allclose(cols["prob_0"] + cols["prob_1"], 1.0, atol=1e-6)
+
+
+# ---- array data (what sequences, masks and graphs build on) --------------------------------
+
+def _blobs_4x4(spec) -> Arrays:
+    rng = np.random.default_rng(spec.seed)
+    y = rng.integers(0, 3, 300)
+    x = rng.normal(size=(300, 1, 4, 4)) + y[:, None, None, None] * 2.0
+    return Arrays({"x": x, "y": y, "weight": rng.random(300).astype(np.float32)}, classes=["a", "b", "c"])
+
+
+if "contract_arrays" not in DATASETS:
+    DATASETS.register("contract_arrays")(Builtin(_blobs_4x4, "shape", "classification", "image", (1, 4, 4)))
+
+
+def test_array_data_is_split_scaled_sharded_and_evaluated_by_column(tmp_path):
+    spec = spec_from_dict({"data": {"source": "contract_arrays"}, "model": {"name": "mlp", "hidden": [16]}})
+    p = prepare(spec.data)
+    assert (p.prep.kind, p.prep.sample_shape, p.prep.features, p.prep.classes) == ("image", [1, 4, 4], [], ["a", "b", "c"])
+    assert len(p.prep.mean) == 1 and abs(float(p.train.X.mean())) < 1e-5 and p.raw_train is None
+    assert set(p.train.cols) == {"x", "y", "weight"} and len(p.train) + len(p.val) + len(p.test) == 300
+    # the split follows each row's content: rows given in another order land in the same splits
+    raw = _blobs_4x4(spec.data)
+    order = np.random.default_rng(1).permutation(300)
+    shuffled = prepare_arrays(spec.data, Arrays({k: v[order] for k, v in raw.cols.items()}, raw.classes),
+                              DATASETS.get("contract_arrays"))
+    assert sorted(shuffled.val.cols["weight"].tolist()) == sorted(p.val.cols["weight"].tolist())
+    # every column reaches every rank's batches
+    shards = InMemoryShards({"train": p.train.cols, "val": p.val.cols}, rank=1, world=2, seed=0, shuffle=True)
+    batch = next(shards.train(0, 8))
+    assert set(batch) == {"x", "y", "weight"} and batch["x"].shape == (8, 1, 4, 4)
+    assert sum(len(b["y"]) for b in shards.eval("val")) == (len(p.val) + 1 - 1) // 2
+    module = build_model(spec.model, build_kind(p.prep), build_task(p.prep, spec.loss).n_outputs())
+    mdir = write_model_dir(tmp_path / "model", module.state_dict(), spec, p.prep, {"final": {}}, manifest(spec, p.fingerprint))
+    assert 0.0 <= evaluate(mdir, "contract_arrays")["eval_accuracy"] <= 1.0
+    out = predict(mdir, "contract_arrays", tmp_path / "p.parquet")
+    assert set(pq.read_table(out).column("prediction").to_pylist()) <= {"a", "b", "c"}
+
+
+def test_evaluate_one_split_of_the_training_data(logreg_dir, capsys):
+    p = prepare(load_model(logreg_dir).spec.data)
+    test = evaluate(logreg_dir, "breast_cancer", split="test")
+    assert set(test) >= {"test_accuracy", "test_loss"} and 0 <= test["test_accuracy"] <= 1
+    model = load_model(logreg_dir)
+    s = evaluate_batches(model.module, iter([{k: torch.as_tensor(v) for k, v in p.test.cols.items()}]),
+                         model.task, model.kind, torch.device("cpu"))
+    assert test["test_loss"] == pytest.approx(model.task.summarize(s, "test")["test_loss"], rel=1e-6)
+    assert main(["evaluate", str(logreg_dir), "iris", "--split", "val"]) == 2
+    assert "the splits are those of the data the model was trained on ('breast_cancer')" in capsys.readouterr().err

@@ -39,8 +39,11 @@ def test_standardisation_is_fitted_on_train_only():
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_builtins_load_offline(name):
     p = prepare(DataSpec(source=name))
-    assert len(p.train) + len(p.val) + len(p.test) > 100
-    assert p.train.X.dtype == np.float32 and np.isfinite(p.train.X).all()
+    assert len(p.train) + len(p.val) + len(p.test) >= 34  # the karate club: 34 members; the rest: hundreds
+    # token sequences and graph nodes are integer ids; features are float32
+    assert p.train.X.dtype in (np.float32, np.int64)
+    assert p.prep.kind not in ("tabular", "image") or p.train.X.dtype == np.float32
+    assert np.isfinite(p.train.X).all()
 
 
 def test_xor_labels_follow_the_sign_rule():
@@ -96,3 +99,36 @@ def test_missing_path_names_the_builtins():
 def test_fewer_rows_than_workers():
     with pytest.raises(DataError, match="fewer than the 64 worker"):
         prepare(DataSpec(source="xor", n_samples=50), min_train_rows=64)
+
+
+def _with_ids(n: int = 400, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    return pa.table({"rid": [f"r{i}" for i in range(n)], "a": rng.normal(size=n), "b": rng.normal(size=n),
+                     "y": rng.integers(0, 2, n)})
+
+
+def test_a_declared_id_column_decides_the_split(tmp_path):
+    t = _with_ids()
+    pq.write_table(t, tmp_path / "a.parquet")
+    # the same ids with other values (a re-measured or corrected dataset) in another order
+    order = np.random.default_rng(1).permutation(t.num_rows)
+    changed = t.take(order).set_column(1, "a", pa.array(np.random.default_rng(9).normal(size=t.num_rows)))
+    pq.write_table(changed, tmp_path / "b.parquet")
+    p = prepare(DataSpec(source=str(tmp_path / "a.parquet"), label="y", id_column="rid"))
+    q = prepare(DataSpec(source=str(tmp_path / "b.parquet"), label="y", id_column="rid"))
+    assert p.prep.features == ["a", "b"]  # the id is not a feature
+    # column b is unchanged: the same ids in validation give the same standardised b values
+    for part in ("train", "val", "test"):
+        np.testing.assert_array_equal(np.sort(getattr(p, part).X[:, 1]), np.sort(getattr(q, part).X[:, 1]))
+    assert not np.array_equal(np.sort(p.val.X[:, 0]), np.sort(q.val.X[:, 0]))  # a did change
+    with pytest.raises(DataError, match=r"data.id_column: column 'nope' not in the data"):
+        prepare(DataSpec(source=str(tmp_path / "a.parquet"), label="y", id_column="nope"))
+
+
+def test_declared_classes_fix_the_class_set(tmp_path):
+    t = _with_ids()
+    pq.write_table(t, tmp_path / "a.parquet")
+    p = prepare(DataSpec(source=str(tmp_path / "a.parquet"), label="y", id_column="rid", classes=[0, 1, 2, 3]))
+    assert p.prep.classes == [0, 1, 2, 3] and p.prep.task == "classification"
+    with pytest.raises(DataError, match=r"data.label: value\(s\) \[1\] are not among data.classes \[0, 2\]"):
+        prepare(DataSpec(source=str(tmp_path / "a.parquet"), label="y", id_column="rid", classes=[0, 2]))

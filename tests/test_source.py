@@ -303,32 +303,34 @@ def test_files_that_disagree_with_the_first_file(tmp_path):
 # -- the driver never holds the rows -----------------------------------------------------
 
 DRIVER = textwrap.dedent("""
-    import json, resource, sys, time
+    import json, sys, time
     import ray
-    ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
     from raydl.source import open_source
     from raydl.spec import DataSpec
 
-    def rss_kib():
-        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS"))
+    def kib(field):
+        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field))
 
-    src = open_source(DataSpec(source=sys.argv[2], label="y"))
-    before, t0 = rss_kib(), time.perf_counter()
+    src = open_source(DataSpec(source=sys.argv[1], label="y"))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM, the peak RSS, to the current RSS: start-up's peak is not ours
+    before, t0 = kib("VmRSS"), time.perf_counter()
     stats = src.stats(0, (0.6, 0.2, 0.2))
     stats_s = time.perf_counter() - t0
     n_train = src.split_datasets(stats, 0, (0.6, 0.2, 0.2))["train"].count()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"before_kib": before, "peak_kib": peak, "stats_s": stats_s,
+    print(json.dumps({"before_kib": before, "peak_kib": kib("VmHWM"), "stats_s": stats_s,
                       "n_train": n_train, "stats_n_train": stats.n_train,
                       "rows": stats.n_train + stats.n_val + stats.n_test}))
 """)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="known, not met under load: the stats pass in a fresh driver peaked at 958 MiB for 259 MiB of decoded data (Ray start-up plus iter_batches); see issue #7 notes")
-def test_driver_memory_stays_far_below_the_data(ray_local, tmp_path):
+def test_driver_memory_stays_far_below_the_data(tmp_path):
+    """Its own driver process (and Ray); the peak RSS is reset after start-up, whose own peak
+    (~350 MiB here, up to ~1 GiB under load) is Ray's and pyarrow's, not the pass's."""
     rows, n_features, chunk = 2_000_000, 32, 100_000
     d = tmp_path / "big"
     d.mkdir()
@@ -342,11 +344,25 @@ def test_driver_memory_stays_far_below_the_data(ray_local, tmp_path):
                 cols = [pa.array(X[:, j]) for j in range(n_features)] + [pa.array(rng.integers(0, 10, chunk))]
                 w.write_table(pa.Table.from_arrays(cols, names=[*names, "y"]))
     decoded_kib = rows * (n_features * 4 + 8) // 1024
-    address = ray_local.get_runtime_context().gcs_address
-    proc = subprocess.run([sys.executable, "-c", DRIVER, address, str(d)], capture_output=True, text=True, timeout=500)
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(d)], capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"\nstats pass {r['rows'] / r['stats_s'] / 1e6:.2f} M rows/s; driver RSS {r['before_kib'] // 1024} MiB "
           f"before, peak {r['peak_kib'] // 1024} MiB; data decoded {decoded_kib // 1024} MiB")
     assert r["rows"] == rows and r["n_train"] == r["stats_n_train"]
     assert r["peak_kib"] - r["before_kib"] < decoded_kib / 4
+
+
+def test_id_column_and_declared_classes_match_the_in_memory_path(tmp_path):
+    from raydl.data import prepare
+
+    rng = np.random.default_rng(4)
+    n = 600
+    t = pa.table({"rid": np.arange(n) * 7 + 3, "f0": rng.normal(size=n), "y": rng.integers(0, 3, n)})
+    src = str(write_parquet(t, tmp_path / "ids", 3))
+    spec = DataSpec(source=src, label="y", id_column="rid", classes=[0, 1, 2, 5])
+    memory = prepare(spec)
+    stats = open_source(spec).stats(0, FRACTIONS)
+    assert (stats.n_train, stats.n_val, stats.n_test) == (len(memory.train), len(memory.val), len(memory.test))
+    assert stats.classes == memory.prep.classes == [0, 1, 2, 5] and stats.features == ["f0"]
+    np.testing.assert_allclose(stats.mean, memory.prep.mean, rtol=1e-12)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import json
 import os
 import signal
@@ -16,29 +14,19 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-from s3 import s3_server
 
 from raydl import storage
 from raydl.errors import DataError, OutputError
 
-# Ray's processes (its Train controller included) take their environment, and so their S3
-# credentials, when Ray starts; the shared `ray_local` fixture may be started by any test module.
-# pytest imports every test module before it runs any test, so the server starts here, at import,
-# and its variables stay in this session's environment until the session ends.
-_SESSION = contextlib.ExitStack()
-S3 = _SESSION.enter_context(s3_server())
-os.environ.update(S3.env)
-atexit.register(_SESSION.close)
-
 
 @pytest.fixture
-def s3(monkeypatch):
-    """The server, with its endpoint and credentials in this process's environment."""
-    for k, v in S3.env.items():
+def s3(monkeypatch, s3_session):
+    """The session's server (conftest.py), with its endpoint and credentials in this process's environment."""
+    for k, v in s3_session.env.items():
         monkeypatch.setenv(k, v)
     for k in ("RAYDL_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(k, raising=False)
-    return S3
+    return s3_session
 
 
 @pytest.fixture(params=["local", "s3"])

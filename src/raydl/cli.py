@@ -14,9 +14,11 @@ import sys
 import threading
 import time
 
+from raydl.calibration import cli as calibration_cli
 from raydl.errors import RaydlError
+from raydl.model_registry import cli as model_registry_cli
 
-SHOWN = ("train_loss", "val_loss", "val_accuracy", "val_f1", "val_r2", "samples_per_sec")
+SHOWN = ("train_loss", "val_loss", "val_accuracy", "val_f1", "val_r2", "val_miou", "val_map50", "samples_per_sec")
 
 
 class Progress:
@@ -70,14 +72,11 @@ def _on_signal(signum: int, frame) -> None:
 def _last_checkpoint_epoch(rdir) -> int | None:
     """Epochs done in the checkpoint a rerun resumes from: Ray Train's latest registered checkpoint
     (its snapshot can lag the checkpoint dirs on disk), read from the loop state raydl saves in it."""
-    from pathlib import Path
-
     from raydl.loop import LOOP_STATE_FILE
 
     try:
-        snap = json.loads((Path(rdir) / "checkpoint_manager_snapshot.json").read_text())
-        latest = Path(rdir) / snap["latest_checkpoint_result"]["checkpoint_dir_name"]
-        return int(json.loads((latest / LOOP_STATE_FILE).read_text())["next_epoch"])
+        snap = rdir.read_json("checkpoint_manager_snapshot.json")
+        return int(rdir.read_json(snap["latest_checkpoint_result"]["checkpoint_dir_name"], LOOP_STATE_FILE)["next_epoch"])
     except Exception:  # no checkpoint yet, or a format this version does not know
         return None
 
@@ -102,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if epoch:
             kept = f"its last checkpoint (epoch {epoch}) is kept"
         else:
-            kept = "its last checkpoint is kept" if any(run_dir(spec).glob("checkpoint_*")) else "it had no checkpoint yet"
+            kept = "its last checkpoint is kept" if run_dir(spec).has_checkpoints() else "it had no checkpoint yet"
         print(f"raydl: interrupted: run {spec.run.name} stopped; {kept}; run the same command again to resume",
               file=sys.stderr)
         return 128 + (_received[-1] if _received and not isinstance(e, SystemExit) else signal.SIGINT)
@@ -117,13 +116,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from raydl.launch import resolve
+    from raydl.launch import validate
     from raydl.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
-    prepared = resolve(spec)
-    print(f"{args.spec}: valid ({spec.model.name} on {spec.data.source}: {len(prepared.train)}/{len(prepared.val)}/{len(prepared.test)} rows, "
-          f"{len(prepared.prep.features)} features, {prepared.prep.task})")
+    p = validate(spec, args.address)
+    print(f"{args.spec}: valid ({spec.model.name} on {spec.data.source}: {p.describe()})")
     return 0
 
 
@@ -145,7 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from raydl.inference import evaluate
     from raydl.model_dir import json_safe
 
-    metrics = evaluate(args.model_dir, args.data)
+    metrics = evaluate(args.model_dir, args.data, args.split)
     print(json.dumps(json_safe(metrics), allow_nan=False) if args.json else summary_table(metrics))
     return 0
 
@@ -183,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "of the message. The model section is {name, ...that model's parameters}: see `raydl models`.")
     v.add_argument("spec")
     v.add_argument("overrides", nargs="*", metavar="key=value")
+    v.add_argument("--address", help="Ray cluster for a streamed source's statistics pass (default: as raydl train)")
     v.set_defaults(func=cmd_validate)
 
     m = sub.add_parser("models", help="list the registered models, the data they take, and their parameters")
@@ -197,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="print a model's metrics on labelled data")
     ev.add_argument("model_dir")
     ev.add_argument("data")
+    ev.add_argument("--split", choices=["all", "train", "val", "test"], default="all",
+                    help="one split of the data the model was trained on (rebuilt with its seed), or every row")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -205,12 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--num-cpus", type=int, default=None)
     c.set_defaults(func=cmd_cluster)
 
+    __import__("raydl.jobs_cli", fromlist=["add_parser"]).add_parser(sub)  # raydl submit, raydl jobs
+    __import__("raydl.quantize_cli", fromlist=["add_parser"]).add_parser(sub)  # raydl quantize
     try:
         from raydl.drift.cli import add_parser as add_drift
     except ImportError:
         add_drift = None
     if add_drift is not None:
         add_drift(sub)
+    calibration_cli.add_parser(sub)
+    model_registry_cli.add_parser(sub)
     return p
 
 

@@ -158,7 +158,9 @@ def up(num_cpus: int | None = None) -> LocalHead:
         return head
     temp_dir = tempfile.mkdtemp(prefix=f"raydl-{os.getuid()}-", dir="/tmp")  # new, ours; short: Unix socket paths are limited
     port = _free_port()
-    cpus = num_cpus or os.cpu_count() or 1
+    # One logical CPU beyond the cores: Ray Data's file listing needs one while the training
+    # workers hold theirs (see raydl.session.STREAM_CPUS); it shares the cores with them.
+    cpus = num_cpus or (os.cpu_count() or 1) + 1
     ray_bin = str(Path(sys.executable).with_name("ray"))
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
     cmd = [ray_bin, "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}", f"--num-cpus={cpus}",

@@ -1,42 +1,52 @@
-"""From a source table to clean arrays: column checks, the seeded split, standardisation.
+"""From a source to model-ready columns: checks, the seeded split, standardisation.
 
-`prepare(spec)` runs on the driver before Ray starts, so bad data fails fast with one line.
-The split depends only on each row's content and the data seed, never on the number of workers
-or the order of the rows. Standardisation
-statistics are fitted on the train split only and travel with the model as `Preprocessing`.
+`prepare(spec)` runs on the driver before Ray starts, so bad data fails fast with one line. It
+reads a table (tabular data, images stored as flat pixels) or a built-in's `Arrays` (sequences,
+masks, graphs...). The split depends only on each row's content and the data seed, never on the
+number of workers or the order of the rows. Standardisation statistics are fitted on the train
+split only and travel with the model as `Preprocessing`. A split is a mapping of columns with a
+leading row axis: "x", "y" and whatever the data kind's collate reads.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from raydl.datasets import load_source
+from raydl.datasets import Arrays, Builtin, load_source
 from raydl.errors import DataError
 from raydl.spec import DataSpec
-from raydl.split import assign, row_keys
+from raydl.split import assign, id_keys, row_keys
 
 MAX_CLASSES = 1000
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """What is needed to turn raw feature columns into model input (saved with the model)."""
+    """What is needed to turn raw inputs into model input (saved with the model)."""
 
-    features: list[str]
+    features: list[str]  # tabular: the feature columns, in order ([] for array data)
     label: str
-    task: str  # "classification" | "regression"
+    task: str  # a registered task: "classification", "regression", ...
     classes: list  # original label values, index = class id (empty for regression)
-    mean: list[float]
+    mean: list[float]  # per feature, or one for all; [] when the input is not scaled (token ids)
     std: list[float]
-    image_shape: list[int] | None = None
     target_mean: float = 0.0  # regression: the model learns (y - target_mean) / target_std
     target_std: float = 1.0
+    kind: str = "tabular"  # the data kind (raydl.batches.DATA_KINDS)
+    shape: list[int] | None = None  # one sample's input shape; None: (number of features,)
+    kind_params: dict = field(default_factory=dict)  # what the data kind needs besides the rows
+
+    @property
+    def sample_shape(self) -> list[int]:
+        return list(self.shape) if self.shape else [len(self.features)]
 
     def transform(self, X: np.ndarray) -> np.ndarray:
+        if not self.mean:  # ids (tokens, node indices) are not scaled
+            return np.asarray(X)
         return ((X - np.asarray(self.mean)) / np.asarray(self.std)).astype(np.float32)
 
     def to_dict(self) -> dict:
@@ -44,16 +54,31 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
+        d = dict(d)
+        image_shape = d.pop("image_shape", None)  # model directory formats 1 and 2
+        if image_shape:
+            d.update(kind="image", shape=list(image_shape))
         return cls(**d)
 
 
 @dataclass(frozen=True)
 class Split:
-    X: np.ndarray  # float32, standardised
-    y: np.ndarray  # int64 class ids or float32 targets
+    cols: dict[str, np.ndarray]  # model-ready columns with a leading row axis ("x", "y", ...)
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.cols["x"]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.cols["y"]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.cols.values())
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.cols["y"])
 
 
 @dataclass(frozen=True)
@@ -63,7 +88,16 @@ class Prepared:
     test: Split
     prep: Preprocessing
     fingerprint: str
-    raw_train: pa.Table  # raw feature columns of the train split (for drift reference profiles)
+    raw_train: pa.Table | None  # raw feature columns of the train split (drift reference profile); None for array data
+
+    def sample_inputs(self, spec=None, rows: int = 256) -> dict[str, np.ndarray]:  # noqa: ARG002 (as Streamed's)
+        """Up to `rows` model-ready validation inputs (no target), e.g. to time inference."""
+        return {k: v[:rows] for k, v in self.val.cols.items() if k != "y"}
+
+    def describe(self) -> str:
+        p = self.prep
+        inputs = f"{len(p.features)} features" if p.features else f"{p.kind} inputs of shape {p.sample_shape}"
+        return f"{len(self.train)}/{len(self.val)}/{len(self.test)} rows in memory, {inputs}, {p.task}"
 
 
 def feature_matrix(table: pa.Table, features: list[str], where: str = "data") -> np.ndarray:
@@ -102,7 +136,7 @@ def _label_type_ok(t: pa.DataType) -> bool:
             or pa.types.is_string(t) or pa.types.is_large_string(t))
 
 
-def _labels(col: pa.ChunkedArray, task: str, where: str) -> tuple[np.ndarray, list]:
+def _labels(col: pa.ChunkedArray, task: str, where: str, declared: list | None = None) -> tuple[np.ndarray, list]:
     if not _label_type_ok(col.type):
         raise DataError(f"{where}.label: the label column has type {col.type}; a label must be an integer, "
                         "float, bool or string (categorical) column")
@@ -123,6 +157,8 @@ def _labels(col: pa.ChunkedArray, task: str, where: str) -> tuple[np.ndarray, li
         if not np.all(np.isfinite(y)):
             raise DataError(f"{where}.label: the regression label has NaN or infinite values")
         return y, []
+    if declared is not None:  # the class set is fixed (e.g. class-incremental experiences)
+        return encode_declared(values, declared, where), list(declared)
     classes, y = np.unique(values, return_inverse=True)
     if len(classes) < 2:
         raise DataError(f"{where}.label: classification needs at least 2 classes, found {len(classes)}")
@@ -139,6 +175,26 @@ def split_indices(X: np.ndarray, label: np.ndarray, fractions: tuple[float, floa
     return tuple(np.flatnonzero(part == i) for i in range(3))
 
 
+def encode_declared(values: np.ndarray, declared: list, where: str) -> np.ndarray:
+    """Label values as ids into the declared classes; a value outside them is an error."""
+    index = {c: i for i, c in enumerate(declared)}
+    uniq, inverse = np.unique(values, return_inverse=True)
+    unknown = [v for v in uniq.tolist() if v not in index]
+    if unknown:
+        raise DataError(f"{where}.label: value(s) {unknown[:5]} are not among data.classes {declared}")
+    return np.array([index[v] for v in uniq.tolist()], dtype=np.int64)[inverse.reshape(-1)]
+
+
+def _id_values(col: pa.ChunkedArray) -> np.ndarray:
+    """A declared id column's values (integers or strings; no missing values)."""
+    if col.null_count:
+        raise DataError(f"data.id_column: {col.null_count} row(s) have no id")
+    t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
+        raise DataError(f"data.id_column: the id column has type {t}; an id must be an integer or a string")
+    return col.cast(t).to_numpy(zero_copy_only=False)
+
+
 def fingerprint(X: np.ndarray, y: np.ndarray) -> str:
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(X).tobytes())
@@ -146,8 +202,21 @@ def fingerprint(X: np.ndarray, y: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+def _check_split_sizes(n_train: int, n_val: int, n: int, min_train_rows: int) -> None:
+    if n_train < min_train_rows:
+        raise DataError(f"data: the train split has {n_train} row(s), fewer than the {min_train_rows} worker(s) asked for; add data or lower scaling.num_workers")
+    if n_val == 0:
+        raise DataError(f"data.split: the validation split is empty ({n} rows in all); add data or raise data.split.val")
+
+
+def fractions(spec: DataSpec) -> tuple[float, float, float]:
+    return spec.split.train, spec.split.val, spec.split.test
+
+
 def prepare(spec: DataSpec, min_train_rows: int = 1) -> Prepared:
     table, builtin = load_source(spec)
+    if isinstance(table, Arrays):
+        return prepare_arrays(spec, table, builtin, min_train_rows)
     label = spec.label or (builtin.label if builtin else None)
     if label is None:
         raise DataError("data.label: no label column given; name the label column of your data")
@@ -155,23 +224,27 @@ def prepare(spec: DataSpec, min_train_rows: int = 1) -> Prepared:
         raise DataError(f"data.source: {spec.source!r} has no rows")
     if label not in table.column_names:
         raise DataError(f"data.label: column {label!r} not in the data; columns: {table.column_names}")
-    features = spec.features or [c for c in table.column_names if c != label]
+    if spec.id_column is not None and spec.id_column not in table.column_names:
+        raise DataError(f"data.id_column: column {spec.id_column!r} not in the data; columns: {table.column_names}")
+    features = spec.features or [c for c in table.column_names if c not in (label, spec.id_column)]
     if label in features:
         raise DataError(f"data.features: the label column {label!r} is also listed as a feature")
     if not features:
         raise DataError("data.features: no feature columns left besides the label")
-    task = spec.task if spec.task != "auto" else (builtin.task if builtin else _infer_task(table.column(label)))
+    task = spec.task if spec.task != "auto" else "classification" if spec.classes else (
+        builtin.task if builtin else _infer_task(table.column(label)))
     X = feature_matrix(table, features)
-    y, classes = _labels(table.column(label), task, "data")
+    y, classes = _labels(table.column(label), task, "data", spec.classes)
 
-    raw_label = table.column(label)
-    if pa.types.is_dictionary(raw_label.type):
-        raw_label = raw_label.cast(raw_label.type.value_type)
-    tr, va, te = split_indices(X, raw_label.to_numpy(zero_copy_only=False), (spec.split.train, spec.split.val, spec.split.test), spec.seed)
-    if len(tr) < min_train_rows:
-        raise DataError(f"data: the train split has {len(tr)} row(s), fewer than the {min_train_rows} worker(s) asked for; add data or lower scaling.num_workers")
-    if len(va) == 0:
-        raise DataError(f"data.split: the validation split is empty ({len(y)} rows in all); add data or raise data.split.val")
+    if spec.id_column is not None:  # a declared row id: the split follows it
+        keys = id_keys(_id_values(table.column(spec.id_column)))
+    else:
+        raw_label = table.column(label)
+        if pa.types.is_dictionary(raw_label.type):
+            raw_label = raw_label.cast(raw_label.type.value_type)
+        keys = row_keys(X, raw_label.to_numpy(zero_copy_only=False))
+    tr, va, te = (np.flatnonzero(assign(keys, spec.seed, fractions(spec)) == i) for i in range(3))
+    _check_split_sizes(len(tr), len(va), len(y), min_train_rows)
     if spec.standardize != "none":
         # "feature": a mean and std per column; "global": one for all (pixels sharing a scale keep
         # their relative contrast, and a near-constant border pixel is not blown up 1/std-fold).
@@ -182,13 +255,10 @@ def prepare(spec: DataSpec, min_train_rows: int = 1) -> Prepared:
         std[std == 0] = 1.0
     else:
         mean, std = np.zeros(X.shape[1]), np.ones(X.shape[1])
-    image_shape = list(builtin.image_shape) if builtin and builtin.image_shape else None
-    t_mean, t_std = 0.0, 1.0
-    if task == "regression" and spec.standardize != "none":
-        t_mean, t_std = float(y[tr].mean()), float(y[tr].std()) or 1.0
-    prep = Preprocessing(features, label, task, classes, mean.tolist(), std.tolist(), image_shape, t_mean, t_std)
-    if task == "regression":  # the model learns the standardised target; the task reports label units
-        y = ((y.astype(np.float64) - t_mean) / t_std).astype(np.float32)
+    kind = builtin.kind if builtin else "tabular"
+    shape = list(builtin.shape) if builtin and builtin.shape else None
+    y, t_mean, t_std = _target(y, tr, task, spec.standardize)
+    prep = Preprocessing(features, label, task, classes, mean.tolist(), std.tolist(), t_mean, t_std, kind, shape)
 
     def part(idx: np.ndarray) -> Split:
         with np.errstate(over="ignore", invalid="ignore"):
@@ -198,20 +268,75 @@ def prepare(spec: DataSpec, min_train_rows: int = 1) -> Prepared:
             col = features[int(np.argwhere(bad)[0][1])]
             raise DataError(f"data.features: column {col!r} has values too large for float32 model input; rescale the column"
                             + ("" if spec.standardize != "none" else " or set data.standardize: feature"))
-        return Split(Xs, y[idx])
+        return Split({"x": Xs, "y": y[idx]})
 
     return Prepared(part(tr), part(va), part(te), prep, fingerprint(X, y), table.select(features).take(tr))
 
 
+def _target(y: np.ndarray, train: np.ndarray, task: str, standardize: str) -> tuple[np.ndarray, float, float]:
+    """A regression target standardised on the train rows (the task reports metrics in label units)."""
+    if task != "regression":
+        return y, 0.0, 1.0
+    t_mean, t_std = 0.0, 1.0
+    if standardize != "none":
+        t_mean, t_std = float(y[train].mean()), float(y[train].std()) or 1.0
+    return ((y.astype(np.float64) - t_mean) / t_std).astype(np.float32), t_mean, t_std
+
+
+def prepare_arrays(spec: DataSpec, data: Arrays, builtin: Builtin, min_train_rows: int = 1) -> Prepared:
+    """`prepare` for data that is not a flat table: the split hashes every column of a row; a
+    float input is standardised with one mean and std over the train split (standardize: feature
+    or global), integer inputs (ids, tokens) are left as they are."""
+    cols = {k: np.asarray(v) for k, v in data.cols.items()}
+    n = len(data)
+    if n == 0:
+        raise DataError(f"data.source: {spec.source!r} has no rows")
+    bad = [k for k, v in cols.items() if len(v) != n]
+    if bad or "y" not in cols:
+        raise DataError(f"data.source: {spec.source!r}: columns {bad or ['y']} do not have {n} rows")
+    task = spec.task if spec.task != "auto" else builtin.task
+    flat = np.concatenate([cols[k].reshape(n, -1).astype(np.float64) for k in sorted(cols)], axis=1)
+    part = assign(row_keys(flat, np.zeros(n)), spec.seed, fractions(spec))
+    tr, va, te = (np.flatnonzero(part == i) for i in range(3))
+    _check_split_sizes(len(tr), len(va), n, min_train_rows)
+    x, y = cols["x"], cols["y"]
+    classes: list = []
+    if data.classes is not None:  # y holds class ids already (class labels, or mask/box classes)
+        classes = list(data.classes)
+    elif task == "classification":
+        y, classes = _labels(pa.chunked_array([y]), task, "data")
+    mean, std = [], []
+    if x.dtype.kind == "f":
+        if spec.standardize != "none":
+            mean, std = [float(x[tr].mean())], [float(x[tr].std()) or 1.0]
+        else:
+            mean, std = [0.0], [1.0]
+    y, t_mean, t_std = _target(y, tr, task, spec.standardize)
+    prep = Preprocessing([], builtin.label, task, classes, mean, std, t_mean, t_std, builtin.kind,
+                         list(builtin.shape or x.shape[1:]), dict(data.params))
+    model_ready = {**cols, "x": prep.transform(x), "y": y}
+
+    def part_of(idx: np.ndarray) -> Split:
+        return Split({k: v[idx] for k, v in model_ready.items()})
+
+    h = hashlib.sha256()
+    for k in sorted(cols):
+        h.update(np.ascontiguousarray(cols[k]).tobytes())
+    return Prepared(part_of(tr), part_of(va), part_of(te), prep, h.hexdigest()[:16], None)
+
+
 def to_ray_dataset(split: Split, num_blocks: int = 1):
-    """A Ray Data dataset with a tensor column `x` and a column `y`, in `num_blocks` blocks."""
+    """A Ray Data dataset with the split's columns (tensor columns beyond one axis), in `num_blocks` blocks."""
     import ray.data
     from ray.data.extensions import ArrowTensorArray
+
+    def column(a: np.ndarray):
+        return ArrowTensorArray.from_numpy(a) if a.ndim > 1 else a
 
     n = len(split)
     bounds = np.linspace(0, n, num=max(1, min(num_blocks, n)) + 1, dtype=int)
     tables = [
-        pa.table({"x": ArrowTensorArray.from_numpy(split.X[a:b]), "y": split.y[a:b]})
+        pa.table({k: column(v[a:b]) for k, v in split.cols.items()})
         for a, b in zip(bounds[:-1], bounds[1:])
         if b > a
     ]

@@ -31,3 +31,11 @@ class UnknownNameError(RaydlError):
 
 class OutputError(RaydlError):
     """An output path cannot be written (a directory, under a file, read-only, not creatable)."""
+
+
+class AuthError(RaydlError):
+    """A cluster or API server refused who we are: a missing or wrong token, or no permission (403)."""
+
+
+class NotFoundError(RaydlError):
+    """A named thing (a job, a kubeconfig context, a namespace) does not exist where it was looked for."""

@@ -5,29 +5,40 @@ Ray types are built from the spec here and nowhere else.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
-import shutil
-import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from raydl.batches import build_kind
+from raydl import finetune
+from raydl.batches import build_kind, to_device
+from raydl.capacity import worker_need
+from raydl.continual import EXTRAS
 from raydl.data import Prepared, prepare, to_ray_dataset
-from raydl.errors import ResourceError, SpecError, TrainingDiverged
-from raydl.model_dir import manifest, write_json_atomic, write_model_dir
+from raydl.errors import SpecError, TrainingDiverged
+from raydl.ingest import Streamed, plan
+from raydl.model_dir import (
+    inference_latency,
+    json_safe,
+    load_model,
+    manifest,
+    write_json_atomic,
+    write_model_files,
+)
 from raydl.models import build_model
 from raydl.optim import OPTIMIZERS
-from raydl.paths import output_dir
 from raydl.runlock import RunLock, lock_path
+from raydl.runs import RunDir, check_storage
+from raydl.session import check_address, check_resources, embedded_cpus, ray_session
 from raydl.sharding import choose_loader
 from raydl.spec import JobSpec, spec_to_yaml
 from raydl.tasks import build_task, run_metrics
@@ -38,26 +49,50 @@ MAX_PARAMS = 500_000_000
 
 @dataclass(frozen=True)
 class TrainResult:
-    model_dir: Path
+    model_dir: Path | str  # a URI when run.storage_path is one
     run_name: str
     metrics: dict
     history: list[dict]
     status: str
 
 
-def resolve(spec: JobSpec) -> Prepared:
-    """Load and check the data and resolve every named component, before Ray starts."""
+def resolve(spec: JobSpec) -> Prepared | Streamed:
+    """Check the data and resolve every named component, before Ray starts. A streamed source is
+    checked from its schema here (no rows read, Ray not started); its rows are checked by the
+    statistics pass (`Streamed.with_stats`) once connected, then `check_components` runs."""
     OPTIMIZERS.get(spec.optimizer.name, "optimizer.name")
+    streamed = plan(spec)
+    if streamed is not None:
+        return streamed
     prepared = prepare(spec.data, min_train_rows=spec.scaling.num_workers)
-    prep = prepared.prep
+    check_components(spec, prepared.prep, prepared.sample_inputs(rows=2))
+    _check_calibration(spec, prepared)
+    return prepared
+
+
+def _check_calibration(spec: JobSpec, prepared: Prepared | Streamed) -> None:
+    if spec.training.calibration != "none":
+        from raydl.calibration.api import check_calibration
+
+        check_calibration(spec.training.calibration, prepared)
+
+
+def check_components(spec: JobSpec, prep, sample: dict | None = None) -> None:
+    """The task, the model's size, what its output looks like on two `sample` rows (model-ready
+    inputs), and the metrics the spec names, for this data."""
     task = build_task(prep, spec.loss)
+    kind = build_kind(prep)
     with torch.device("meta"):  # shapes only: nothing is allocated, so a huge model fails here, not in malloc
-        model = build_model(spec.model, build_kind(prep), task.n_outputs())
+        model = build_model(spec.model, kind, task.n_outputs())
+    if spec.finetune is not None:
+        finetune.check(model, spec.finetune)
     n_params = sum(p.numel() for p in model.parameters())
     if n_params > MAX_PARAMS:
         params = ", ".join(f"{k}={v}" for k, v in spec.model.params.items())
-        raise SpecError(f"model: {spec.model.name}({params}) on {len(prep.features)} features has "
+        raise SpecError(f"model: {spec.model.name}({params}) on inputs of shape {prep.sample_shape} has "
                         f"{n_params:,} parameters; at most {MAX_PARAMS:,} are allowed (4 bytes each, times ~4 with Adam's state)")
+    if sample is not None:
+        _check_output(spec, model, kind, task, sample)
     names = run_metrics(task)
     problems = [
         f"{where}: unknown metric {m!r} for a {task.name} task; valid: {', '.join(names)}"
@@ -67,89 +102,26 @@ def resolve(spec: JobSpec) -> Prepared:
     ]
     if problems:
         raise SpecError("; ".join(problems))
-    return prepared
 
 
-def connect(address: str | None) -> bool:
-    """Connect to `address` (or RAY_ADDRESS, or `raydl cluster up`'s head), else start an embedded
-    local Ray. True if we started it. The caller has checked the address (`check_address`)."""
-    if address or os.environ.get("RAY_ADDRESS"):
-        address = address or os.environ["RAY_ADDRESS"]
-    else:
-        from raydl import cluster
-
-        head = cluster.running()
-        if head is not None:
-            address = head.address
-            log.warning("raydl: using the local cluster at %s (raydl cluster down to stop it)", address)
-    # `ray start` turns token authentication on by default; a client on the same machine finds the
-    # token in ~/.ray/auth_token once told to use one. Ray reads this when it is first imported.
-    if address and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # notices the end of a run sooner (default 2 s)
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # Worker output (Ray Train's per-report INFO lines, Ray Data plans) is kept in Ray's log files;
-    # raydl shows its own progress. RAYDL_VERBOSE=1 forwards it all to this terminal.
-    verbose = os.environ.get("RAYDL_VERBOSE") == "1"
-    kwargs = dict(logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose, configure_logging=True)
-    if address:
-        try:
-            ray.init(address=address, **kwargs)
-        except ConnectionError as e:
-            raise ResourceError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}; is it running (ray status --address {address})?") from None
-    else:
-        ray.init(include_dashboard=False, **kwargs)
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = False
-    return True
-
-
-def check_address(address: str, where: str = "--address", timeout: float = 2.0) -> None:
-    """Fail in seconds, with one line, when `address` is malformed or nothing listens there (Ray itself
-    retries a closed port for minutes, and raises a bare ValueError on a malformed address).
-    Ray takes `auto`, `host:port` (the GCS, as `ray start --head` prints it) or `ray://host:port`."""
-    if address == "auto":
-        return
-    said = f"{where} {address!r}" if where == "--address" else f"{where}={address!r}"
-    if address.startswith(("http://", "https://")):
-        raise ResourceError(f"{said}: an http(s) URL is the Ray Jobs API, not a cluster address; give the GCS "
-                            "address host:port as `ray start --head` prints it (e.g. 127.0.0.1:6379), or ray://host:port")
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    host = host.strip("[]")  # [::1]:6379
-    if not sep or not host or "/" in host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ResourceError(f"{said}: not a Ray address; expected host:port (e.g. 127.0.0.1:6379), ray://host:port or auto")
+def _check_output(spec: JobSpec, model, kind, task, sample: dict) -> None:
+    """A forward pass on the meta device (shapes only): a model that cannot take this data, or whose
+    output the task cannot read (a classifier on segmentation data), fails here with one line instead
+    of at the first step on the workers. Ops without a meta kernel (data-dependent shapes) skip it."""
+    check = getattr(task, "check_output", None)  # the tasks whose outputs have a shape to check
+    batch = to_device(kind.collate({k: torch.as_tensor(np.asarray(v)[:2]) for k, v in sample.items()}), torch.device("meta"))
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
-    except OSError as e:
-        why = ("nothing is listening there (connection refused)" if isinstance(e, ConnectionRefusedError) else
-               f"cannot resolve host {host!r}" if isinstance(e, socket.gaierror) else
-               f"cannot reach it ({'timed out' if isinstance(e, TimeoutError) else e.strerror or e})")
-        raise ResourceError(f"{said}: {why}; start a cluster with `raydl cluster up` or `ray start --head`, "
-                            "or give the address of a running one") from None
-
-
-def check_resources(spec: JobSpec) -> None:
-    """Fail at once when the cluster cannot fit the workers (Ray would wait 60 s, then fail vaguely)."""
-    import ray
-
-    sc = spec.scaling
-    need = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
-    if sc.use_gpu:
-        need["GPU"] = sc.gpus_per_worker
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    total = {k: sum(n.get(k, 0.0) for n in nodes) for k in need}
-    short = [f"{k}: {v * sc.num_workers:g} asked ({sc.num_workers} workers x {v:g}), {total[k]:g} in the cluster"
-             for k, v in need.items() if v * sc.num_workers > total[k] + 1e-9]
-    # Each worker must also fit on one node.
-    fits = sum(int(min(n.get(k, 0.0) / v for k, v in need.items())) for n in nodes)
-    if short or fits < sc.num_workers:
-        detail = "; ".join(short) or f"only {fits} worker(s) fit on the nodes' resources"
-        raise ResourceError(f"scaling: the cluster cannot fit {sc.num_workers} workers ({detail}); lower scaling.num_workers or per-worker resources")
+        with torch.no_grad():
+            out = model(batch)
+    except NotImplementedError:
+        return
+    except RuntimeError as e:
+        if "meta" in str(e).lower():
+            return
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise SpecError(f"model: {spec.model.name} cannot run on this data (inputs of shape {kind.shape}): {first}") from None
+    if check is not None:
+        check(tuple(out.shape))
 
 
 def _progress_pump(queue, on_epoch: Callable[[dict], None], stop: threading.Event) -> threading.Thread:
@@ -168,94 +140,135 @@ def _progress_pump(queue, on_epoch: Callable[[dict], None], stop: threading.Even
     return th
 
 
-def run_dir(spec: JobSpec) -> Path:
-    return Path(spec.run.storage_path).expanduser().resolve() / spec.run.name
+def run_dir(spec: JobSpec) -> RunDir:
+    return RunDir.of(spec)
 
 
 def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
           on_epoch: Callable[[dict], None] | None = None, launch_ts: float | None = None) -> TrainResult:
     launch_ts = launch_ts or float(os.environ.get("RAYDL_LAUNCH_TS") or time.time())
     # Checked before anything is read or written:
-    output_dir(Path(spec.run.storage_path).expanduser(), "run.storage_path")
+    check_storage(spec.run.storage_path)
     if address or os.environ.get("RAY_ADDRESS"):
         check_address(address or os.environ["RAY_ADDRESS"], "--address" if address else "RAY_ADDRESS")  # Ray would retry a closed port for minutes
     prepared = resolve(spec)
     rdir = run_dir(spec)
     # One driver per run: held before the run dir is removed (--restart) or written, until Ray is shut down.
-    with RunLock(lock_path(spec.run.storage_path, spec.run.name), run=spec.run.name, where=rdir):
-        if restart and rdir.exists():
-            shutil.rmtree(rdir)
-        rdir.mkdir(parents=True, exist_ok=True)
+    with RunLock(lock_path(spec.run.storage_path, spec.run.name), run=spec.run.name, where=rdir.path):
+        rdir.prepare(restart)
         from raydl.loop import refuse_code
 
-        for ckpt in sorted(p for p in rdir.glob("checkpoint_*") if p.is_dir()):
-            refuse_code(str(ckpt))  # a crafted checkpoint is refused here, with one line, before any worker reads it
-        (rdir / "spec.yaml").write_text(spec_to_yaml(spec))
-        man = manifest(spec, prepared.fingerprint)
+        for ckpt in rdir.local_checkpoints():
+            refuse_code(ckpt)  # a crafted checkpoint is refused here, with one line, before any worker reads it
+        rdir.write_text("spec.yaml", spec_to_yaml(spec))
 
-        term = signal.getsignal(signal.SIGTERM)
-        started = connect(address)
-        if callable(term) and threading.current_thread() is threading.main_thread():
-            # ray.init puts a fatal-signal handler on SIGTERM (stack dump, then abort): keep the caller's
-            # (the CLI's raises KeyboardInterrupt, so the finally below shuts Ray down).
-            signal.signal(signal.SIGTERM, term)
-        try:
-            check_resources(spec)
-            result = _fit(spec, prepared, man, rdir, launch_ts, on_epoch)
-        finally:
-            if started:
-                import ray
-
-                ray.shutdown()
+        streams = isinstance(prepared, Streamed)
+        with ray_session(address, embedded_cpus(spec, streams)):
+            check_resources(spec, streams)
+            if streams:
+                prepared = with_stats(spec, prepared)
+            result = _fit(spec, prepared, manifest(spec, prepared.fingerprint), rdir, launch_ts, on_epoch)
     return result
 
 
-def _fit(spec, prepared: Prepared, man: dict, rdir: Path, launch_ts: float, on_epoch) -> TrainResult:
+def with_stats(spec: JobSpec, streamed: Streamed) -> Streamed:
+    """One distributed pass over a streamed source (the data checks and statistics), then the
+    components that depend on the data."""
+    streamed = streamed.with_stats(spec)
+    check_components(spec, streamed.prep, {"x": np.zeros((2, len(streamed.prep.features)), np.float32)})
+    _check_calibration(spec, streamed)
+    return streamed
+
+
+def validate(spec: JobSpec, address: str | None = None) -> Prepared | Streamed:
+    """What `raydl train` checks before it trains: the spec's components and all of the data (for
+    a streamed source, its statistics pass on Ray)."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        check_address(address or os.environ["RAY_ADDRESS"], "--address" if address else "RAY_ADDRESS")
+    prepared = resolve(spec)
+    if isinstance(prepared, Streamed):
+        with ray_session(address, embedded_cpus(spec, True)):
+            prepared = with_stats(spec, prepared)
+    return prepared
+
+
+@dataclass(frozen=True)
+class WorkerData:
+    """How a run's rows reach its workers (made once; Tune trials share it)."""
+
+    loader: str  # "in_memory" | "ray_data"
+    splits: Any  # in_memory: an ObjectRef of {split: columns}
+    datasets: dict | None  # ray_data: Ray Data datasets per split
+    scored: tuple[str, ...]  # the splits scored at the end
+
+
+def worker_data(spec: JobSpec, prepared: Prepared | Streamed) -> WorkerData:
     import ray
+
+    if isinstance(prepared, Streamed):
+        datasets = prepared.datasets(spec)
+        return WorkerData("ray_data", None, datasets, tuple(k for k in datasets if k != "train"))
+    loader = choose_loader(spec.data.loader, prepared.train.nbytes)
+    parts = {"train": prepared.train, "val": prepared.val, **({"test": prepared.test} if len(prepared.test) else {})}
+    scored = tuple(k for k in parts if k != "train")
+    if loader == "in_memory":
+        return WorkerData(loader, ray.put({k: p.cols for k, p in parts.items()}), None, scored)
+    blocks = spec.scaling.num_workers
+    return WorkerData(loader, None, {k: to_ray_dataset(p, num_blocks=(2 if k == "train" else 1) * blocks)
+                                     for k, p in parts.items()}, scored)
+
+
+def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData, man: dict, rdir: RunDir,
+                 launch_ts: float, progress: Any = None, report_every_epoch: bool = False, callbacks: tuple = ()):
+    """The Ray Train `TorchTrainer` of a run: its workers, storage, failure and checkpoint policy."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raydl.loop import WorkerConfig, load_checkpoint, train_loop_per_worker
+    from raydl.loop import WorkerConfig, train_loop_per_worker
     from raydl.sharding import ingest_config
 
     sc = spec.scaling
+    resources = worker_need(sc)
+    config = WorkerConfig(spec=spec, prep=prepared.prep, loader=data.loader, run_dir=rdir.wandb_dir(spec.run.name),
+                          manifest=man, launch_ts=launch_ts, scored=data.scored, splits=data.splits, progress=progress,
+                          report_every_epoch=report_every_epoch)
+    storage_path, storage_filesystem = rdir.ray_storage()
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"worker": config},
+        scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=spec.run.name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+            failure_config=FailureConfig(max_failures=spec.checkpoint.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep_last),
+            callbacks=list(callbacks),
+        ),
+        datasets=data.datasets,
+        dataset_config=ingest_config() if data.datasets is not None else None,
+    )
+
+
+def _fit(spec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, launch_ts: float, on_epoch) -> TrainResult:
     queue = stop = pump = None
     if on_epoch is not None:
         from ray.util.queue import Queue
 
         queue, stop = Queue(actor_options={"num_cpus": 0}), threading.Event()
         pump = _progress_pump(queue, on_epoch, stop)
-    resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
-    if sc.use_gpu:
-        resources["GPU"] = sc.gpus_per_worker
-    loader = choose_loader(spec.data.loader, prepared.train.X.nbytes)
-    parts = {"train": prepared.train, "val": prepared.val, **({"test": prepared.test} if len(prepared.test) else {})}
-    datasets = dataset_config = splits = None
-    if loader == "in_memory":
-        splits = ray.put({k: (p.X, p.y) for k, p in parts.items()})
-    else:
-        datasets = {k: to_ray_dataset(p, num_blocks=(2 if k == "train" else 1) * sc.num_workers) for k, p in parts.items()}
-        dataset_config = ingest_config()
-    config = WorkerConfig(spec=spec, prep=prepared.prep, loader=loader, run_dir=str(rdir), manifest=man,
-                          launch_ts=launch_ts, scored=tuple(k for k in parts if k != "train"), splits=splits, progress=queue)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"worker": config},
-        scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
-            name=spec.run.name, storage_path=str(rdir.parent),
-            failure_config=FailureConfig(max_failures=spec.checkpoint.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep_last),
-        ),
-        datasets=datasets,
-        dataset_config=dataset_config,
-    )
+    trainer = make_trainer(spec, prepared, worker_data(spec, prepared), man, rdir, launch_ts, progress=queue)
     try:
         result = trainer.fit()
     finally:
         if stop is not None:
             stop.set()
             pump.join(timeout=5)
+    return finish_run(spec, prepared, man, rdir, result)
+
+
+def finish_run(spec: JobSpec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, result) -> TrainResult:
+    """From a finished `fit()`: the last checkpoint's state -> the model directory and result.json."""
+    from raydl.loop import load_checkpoint
+
     with result.checkpoint.as_directory() as d:
         saved, state = load_checkpoint(d)
     if state.status == "diverged":
@@ -264,10 +277,11 @@ def _fit(spec, prepared: Prepared, man: dict, rdir: Path, launch_ts: float, on_e
             f"training diverged: the loss or gradients became NaN or infinite at epoch {epoch + 1}, step {step + 1}; "
             "lower optimizer.lr, set training.clip_grad_norm, or check the data"
         )
-    return _finish(spec, prepared, man, rdir, state, saved["best_model"])
+    return _finish(spec, prepared, man, rdir, state, saved["best_model"], saved.get("extras") or {})
 
 
-def _finish(spec: JobSpec, prepared: Prepared, man: dict, rdir: Path, state, best_weights: dict) -> TrainResult:
+def _finish(spec: JobSpec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, state, best_weights: dict,
+            extras: dict) -> TrainResult:
     prep = prepared.prep
     final = {"best_epoch": state.best_epoch, "epochs_run": state.next_epoch, "status": state.status, **state.final}
     eff = state.history[1:] or state.history  # steady state: the first epoch holds start-up costs
@@ -275,14 +289,35 @@ def _finish(spec: JobSpec, prepared: Prepared, man: dict, rdir: Path, state, bes
     final["time_per_step_s"] = float(np.median([h["time_per_step_s"] for h in eff]))
     final["time_to_first_step_s"] = next((h["time_to_first_step_s"] for h in state.history if math.isfinite(h["time_to_first_step_s"])), None)
     final["peak_memory_mb"] = max(h["peak_memory_mb"] for h in state.history)
-    mdir = write_model_dir(rdir / "model", best_weights, spec, prep, {"final": final, "history": state.history}, man)
+
+    def write(d: Path) -> None:
+        write_model_files(d, best_weights, spec, prep, {"final": final, "history": state.history}, man)
+        if extras:  # what a continual strategy keeps for the next experience (e.g. EWC's Fisher)
+            torch.save(extras, d / EXTRAS)
+        final.update(inference_latency(load_model(d), prepared.sample_inputs(spec)))
+        write_json_atomic(d / "metrics.json", {"final": final, "history": state.history})
+        _write_profile(spec, prepared, d)
+        if spec.training.calibration != "none":  # fitted on the validation split, written into d
+            from raydl.calibration.api import calibrate_model_dir
+
+            cal = calibrate_model_dir(d, spec.training.calibration, prepared=prepared)  # adds to metrics.json
+            final.update({f"{s}_ece_calibrated": m["after"]["ece"] for s, m in cal["metrics"].items()})
+            saved = json.loads((d / "metrics.json").read_text())
+            write_json_atomic(d / "metrics.json", {**saved, "final": final})
+
+    mdir = rdir.publish(write)
+    rdir.write_text("result.json", json.dumps(json_safe({"model_dir": mdir, "run_name": spec.run.name, "metrics": final}), indent=2))
+    return TrainResult(Path(mdir) if not rdir.remote else mdir, spec.run.name, final, state.history, state.status)
+
+
+def _write_profile(spec: JobSpec, prepared: Prepared | Streamed, mdir: Path) -> None:
+    """The drift reference profile of the train split, with the model's output scores (classifiers)."""
     try:
         from raydl.drift import write_reference_profile
     except ImportError:
-        write_reference_profile = None
-    if write_reference_profile is not None:
-        # Output-based OOD scores (softmax, entropy, energy) exist for classifiers only.
-        scorer = mdir if prep.task == "classification" else None
-        write_reference_profile(prepared.raw_train, mdir / "profile.json", features=prep.features, model_dir=scorer)
-    write_json_atomic(rdir / "result.json", {"model_dir": str(mdir), "run_name": spec.run.name, "metrics": final})
-    return TrainResult(mdir, spec.run.name, final, state.history, state.status)
+        return
+    scorer = mdir if prepared.prep.task == "classification" else None  # softmax, entropy, energy scores
+    if isinstance(prepared, Streamed):  # from the statistics pass, and one counting pass on the cluster
+        prepared.write_profile(spec, mdir, scorer)
+    elif prepared.raw_train is not None:  # array data (sequences, graphs) has no per-feature profile
+        write_reference_profile(prepared.raw_train, mdir / "profile.json", features=prepared.prep.features, model_dir=scorer)

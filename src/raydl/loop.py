@@ -27,11 +27,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from raydl import finetune
 from raydl.batches import DataKind, batch_len, build_kind, to_device
 from raydl.data import Preprocessing
 from raydl.models import build_model
 from raydl.optim import build_optimizer, build_scheduler
-from raydl.penalties import build_penalties
+from raydl.penalties import build_consolidations, build_penalties
 from raydl.sharding import InMemoryShards, RayDataShards
 from raydl.spec import JobSpec
 from raydl.tasks import Task, build_task
@@ -69,6 +70,7 @@ class WorkerConfig:
     scored: tuple[str, ...] = ("val", "test")  # the splits scored at the end ("test" when it has rows)
     splits: Any = None  # in_memory: an ObjectRef of {"train"|"val"|"test": arrays}
     progress: Any = None  # a ray.util.queue.Queue for the driver's progress line, or None
+    report_every_epoch: bool = False  # report metrics to Ray Train every epoch (Ray Tune trials)
 
 
 def save_checkpoint(d: str, tensors: dict, state: TrainState) -> None:
@@ -162,13 +164,24 @@ def _grad_health(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(sums).sum() if sums else torch.zeros(())
 
 
-def final_metrics(model, best_weights, shards, task: Task, kind: DataKind, device, autocast, scored) -> dict:
+def final_metrics(best, shards, task: Task, kind: DataKind, device, autocast, scored) -> dict:
     """The best weights scored on validation and test, each rank on its part, reduced across ranks."""
-    best = copy.deepcopy(model)
-    best.load_state_dict(best_weights)
     out = {}
     for split in scored:
         out.update(task.summarize(_all_reduce(evaluate_batches(best, shards.eval(split), task, kind, device, autocast)), split))
+    return out
+
+
+def consolidate(consolidations, best, shards, task: Task, kind: DataKind, device, batch_size: int) -> dict:
+    """What each consolidation (e.g. a diagonal Fisher) sums over this rank's train shard, summed
+    across ranks and finished (e.g. divided by the count): tensors saved with the model for the
+    next run that starts from it."""
+    out = {}
+    for c in consolidations:
+        batches = (to_device(kind.collate(cols), device) for cols in shards.train(0, batch_size))
+        sums = {name: torch.from_numpy(_all_reduce(t.detach().cpu().double().numpy())).float()
+                for name, t in c(best, batches, task).items()}
+        out.update(c.finish(sums))
     return out
 
 
@@ -190,8 +203,11 @@ def train_loop_per_worker(config: dict) -> None:
     task = build_task(prep, spec.loss)
     kind = build_kind(prep)
     model = build_model(spec.model, kind, task.n_outputs())
-    penalties = build_penalties(spec)
-    optimizer = build_optimizer(model.parameters(), spec.optimizer)
+    if spec.finetune is not None:  # start from a trained model: its weights, some layers frozen
+        finetune.apply(model, spec.finetune)
+    penalties = build_penalties(spec, model)
+    lr_mult = spec.finetune.lr_mult if spec.finetune is not None else {}
+    optimizer = build_optimizer(finetune.param_groups(model, spec.optimizer.lr, lr_mult), spec.optimizer)
     scheduler = build_scheduler(optimizer, spec.optimizer, t.epochs)
     use_amp = device.type == "cuda" and t.precision != "32"
     amp_dtype = torch.bfloat16 if t.precision == "bf16-mixed" else torch.float16
@@ -201,7 +217,7 @@ def train_loop_per_worker(config: dict) -> None:
         return torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext()
 
     # Resume: the latest checkpoint holds weights, optimizer, schedule and the loop's own state.
-    state, best_weights = TrainState(), None
+    state, best_weights, extras = TrainState(), None, {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -211,6 +227,7 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
         best_weights = saved["best_model"]
+        extras = saved.get("extras", {})
     ddp_model = ray.train.torch.prepare_model(model)  # moves to device; DDP when world > 1
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -305,23 +322,30 @@ def train_loop_per_worker(config: dict) -> None:
             state.status = "finished"
         state.history.append(metrics)
         if state.status in ("finished", "early_stopped"):
-            state.final = final_metrics(model, best_weights, shards, task, kind, device, autocast, cfg.scored)
+            best = copy.deepcopy(model)
+            best.load_state_dict(best_weights)
+            state.final = final_metrics(best, shards, task, kind, device, autocast, cfg.scored)
+            extras = consolidate(build_consolidations(spec), best, shards, task, kind, device, t.batch_size)
 
         if rank == 0:
             tracker.log(metrics, step=epoch + 1)
             if cfg.progress is not None:
                 cfg.progress.put_nowait(metrics)
         # `ray.train.report` is a barrier through the controller: call it only when a checkpoint is
-        # due (every K epochs, a new best, the end). `due` is the same on every rank, so every rank
-        # reports the same number of times. Per-epoch metrics reach W&B and the progress bar above.
+        # due (every K epochs, a new best, the end), or every epoch when asked (Ray Tune's schedulers
+        # decide on every epoch's metrics). Both are the same on every rank, so every rank reports
+        # the same number of times. Per-epoch metrics reach W&B and the progress bar above.
         due = is_best or state.status != "running" or (epoch + 1) % ck.every_n_epochs == 0
         if not due:
+            if cfg.report_every_epoch:
+                ray.train.report(metrics)
             continue
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
                 tensors = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best_model": best_weights,
+                    "extras": extras,
                 }
                 save_checkpoint(d, tensors, state)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))

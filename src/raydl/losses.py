@@ -53,3 +53,22 @@ LOSSES.register("mae")(_regression("mae", F.l1_loss))
 @LOSSES.register("huber")
 def huber(spec: LossSpec) -> Loss:
     return Loss("huber", "regression", lambda z, y: F.huber_loss(z.reshape(-1), y.to(z.dtype), delta=spec.huber_delta))
+
+
+def focal_loss(z: torch.Tensor, y: torch.Tensor, gamma: float, alpha: float | None) -> torch.Tensor:
+    """Softmax focal loss, mean of -alpha_t (1 - p_t)^gamma log p_t over every target (Lin et al. 2017).
+
+    `z` holds one logit per class on dim 1 ([B, C] or per pixel [B, C, H, W]); `y` the class ids.
+    `alpha` (optional) weights the targets of every class but class 0 (the positive / minority /
+    foreground classes) by alpha and those of class 0 by 1 - alpha. gamma = 0 without alpha is
+    cross-entropy."""
+    logpt = F.log_softmax(z, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
+    w = (1.0 - logpt.exp()).clamp(min=0.0) ** gamma
+    if alpha is not None:
+        w = w * torch.where(y > 0, alpha, 1.0 - alpha)
+    return -(w * logpt).mean()
+
+
+@LOSSES.register("focal")
+def focal(spec: LossSpec) -> Loss:
+    return Loss("focal", "classification", lambda z, y: focal_loss(z, y, spec.focal_gamma, spec.focal_alpha))

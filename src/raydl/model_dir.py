@@ -5,10 +5,13 @@
     preprocessing.json  feature names, label, classes, standardisation statistics
     metrics.json        final validation and test metrics, and the per-epoch history
     manifest.json       format version, raydl version, git SHA, dataset fingerprint, seed, package versions
+    calibration.json    optional (`raydl calibrate`): a fitted calibrator as plain JSON; predict and
+                        evaluate apply it to the model's logits
 
 Format versions: 1 (no `format_version` in the manifest) had one fixed set of MLP fields in the
-spec's `model:` section, whatever the model; 2 keeps only the named model's own parameters. This
-release reads both and refuses a newer one.
+spec's `model:` section, whatever the model; 2 keeps only the named model's own parameters; 3
+names the data kind and sample shape in preprocessing.json (`kind`, `shape`, `kind_params`) where
+1 and 2 had `image_shape`. This release reads all three and refuses a newer one.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import yaml
 
 import raydl
 from raydl.batches import DataKind, build_kind
+from raydl.calibration.calibrators import Calibrator
 from raydl.data import Preprocessing
 from raydl.errors import DataError
 from raydl.models import MODELS, build_model
@@ -37,7 +41,8 @@ from raydl.spec import JobSpec, spec_from_dict, spec_to_yaml
 from raydl.tasks import Task, build_task
 
 FILES = ("weights.pt", "spec.yaml", "preprocessing.json", "metrics.json", "manifest.json")
-FORMAT_VERSION = 2
+CALIBRATION_FILE = "calibration.json"
+FORMAT_VERSION = 3
 
 
 def json_safe(obj):
@@ -79,16 +84,42 @@ def manifest(spec: JobSpec, fingerprint: str) -> dict:
     }
 
 
+def write_model_files(d: Path, weights: dict, spec: JobSpec, prep: Preprocessing, metrics: dict, man: dict) -> None:
+    """The files of a model directory, into the (new, private) directory `d`."""
+    torch.save(weights, d / "weights.pt")
+    (d / "spec.yaml").write_text(spec_to_yaml(spec))
+    (d / "preprocessing.json").write_text(json.dumps(prep.to_dict(), indent=2))
+    (d / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
+    (d / "manifest.json").write_text(json.dumps(man, indent=2))
+
+
 def write_model_dir(path: Path, weights: dict, spec: JobSpec, prep: Preprocessing, metrics: dict, man: dict) -> Path:
-    """Write every file into a temp dir beside `path`, then swap it in with renames."""
+    """Write every file into a temp dir beside local `path`, then swap it in with renames."""
     path = Path(path)
     with dir_swapped_in(path) as tmp:
-        torch.save(weights, tmp / "weights.pt")
-        (tmp / "spec.yaml").write_text(spec_to_yaml(spec))
-        (tmp / "preprocessing.json").write_text(json.dumps(prep.to_dict(), indent=2))
-        (tmp / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
-        (tmp / "manifest.json").write_text(json.dumps(man, indent=2))
+        write_model_files(tmp, weights, spec, prep, metrics, man)
     return path
+
+
+def inference_latency(model: LoadedModel, cols: dict[str, np.ndarray], repeats: int = 20) -> dict[str, float]:
+    """Per-sample CPU inference latency of `model` on model-ready inputs, at batch 1 and batch 256
+    (median of `repeats` timed calls after a warm-up), in milliseconds."""
+    import time
+
+    out = {}
+    n = len(cols["x"])
+    for size in (1, 256):
+        batch = {k: torch.as_tensor(v[: min(size, n)]) for k, v in cols.items()}
+        m = len(batch["x"])
+        with torch.no_grad():
+            model.module(model.kind.collate(batch))
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model.module(model.kind.collate(batch))
+                times.append(time.perf_counter() - t0)
+        out[f"latency_ms_per_sample_batch{size}"] = float(np.median(times)) * 1000 / m
+    return out
 
 
 @dataclass
@@ -98,6 +129,7 @@ class LoadedModel:
     prep: Preprocessing
     task: Task
     kind: DataKind
+    calibrator: Calibrator | None = None
 
     @property
     def features(self) -> list[str]:
@@ -106,12 +138,29 @@ class LoadedModel:
     def preprocess(self, X: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.prep.transform(np.asarray(X, dtype=np.float64)))
 
-    @torch.no_grad()
     def outputs(self, X: np.ndarray, batch_size: int = 4096) -> torch.Tensor:
-        """Raw features in, the model's outputs out."""
+        """Raw features in, the model's outputs out (uncalibrated)."""
+        return self.forward({"x": self.preprocess(X)}, batch_size)
+
+    @torch.no_grad()
+    def forward(self, cols: dict, batch_size: int = 4096) -> torch.Tensor:
+        """Model-ready columns (as a split holds them, without the target) in, outputs out (uncalibrated)."""
         self.module.eval()
-        x = self.preprocess(X)
-        return torch.cat([self.module(self.kind.collate({"x": x[i : i + batch_size]})) for i in range(0, len(x), batch_size)])
+        cols = {k: torch.as_tensor(v) for k, v in cols.items()}
+        n = len(cols["x"])
+        return torch.cat([self.module(self.kind.collate({k: v[i : i + batch_size] for k, v in cols.items()}))
+                          for i in range(0, n, batch_size)])
+
+    def calibrated(self, out: torch.Tensor) -> torch.Tensor:
+        """The outputs with the calibrator applied (unchanged without one): outputs whose
+        `task.logits` are the calibrated log-probabilities, so the task's loss, metrics and
+        predictions read them as they read any logits. A one-logit binary model stays one logit."""
+        if self.calibrator is None:
+            return out
+        log_probs = torch.from_numpy(self.calibrator.log_probs(self.task.logits(out).double().numpy()))
+        if self.task.n_outputs() == 1:
+            return (log_probs[:, 1] - log_probs[:, 0]).reshape(-1, 1).float()
+        return log_probs.float()
 
     def logits(self, X: np.ndarray) -> np.ndarray:
         """A classifier's logits, one per class ([n, C]; a binary model's z becomes [0, z])."""
@@ -143,6 +192,15 @@ def _spec_of(path: Path, version: int) -> JobSpec:
 
 
 def load_model(path: str | Path) -> LoadedModel:
+    """A model directory, local or on an object store (downloaded and checked against its
+    `_COMPLETE` marker first: a half-published directory is refused)."""
+    from raydl import storage
+
+    if storage.is_uri(str(path)):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="raydl-model-") as tmp:
+            return load_model(storage.open_dir(str(path), Path(tmp)))
     path = Path(path)
     missing = [f for f in ("weights.pt", "spec.yaml", "preprocessing.json") if not (path / f).is_file()]
     if missing:
@@ -153,11 +211,31 @@ def load_model(path: str | Path) -> LoadedModel:
     kind = build_kind(prep)
     module = build_model(spec.model, kind, task.n_outputs())
     weights = path / "weights.pt"
+    from raydl.quantize import quantization_of, rebuild
+
+    quantized = quantization_of(path)
     try:
-        module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        if quantized is not None:  # int8 / half-precision weights stored as plain tensors (raydl quantize)
+            module = rebuild(module, quantized, weights, kind.collate({"x": torch.zeros(1, *prep.sample_shape)})["x"])
+        else:
+            module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except DataError:
+        raise
     except Exception as e:  # empty, truncated, random bytes, a pickle with code, or another architecture
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise DataError(f"{weights}: not loadable as the weights of this model ({why}); "
                         "it must be a tensor state_dict written by raydl train") from None
     module.eval()
-    return LoadedModel(module, spec, prep, task, kind)
+    return LoadedModel(module, spec, prep, task, kind, read_calibrator(path))
+
+
+def read_calibrator(path: Path) -> Calibrator | None:
+    """The model directory's calibrator, or None when it has none."""
+    f = Path(path) / CALIBRATION_FILE
+    if not f.is_file():
+        return None
+    try:
+        raw = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{f}: not readable as JSON ({e}); run `raydl calibrate` again to rewrite it") from None
+    return Calibrator.from_dict(raw, str(f))

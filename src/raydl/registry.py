@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 from raydl.errors import UnknownNameError
 
@@ -38,3 +38,27 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+
+def param_errors(registry: Registry, section: str, key: str, default: str, raw: Any) -> list[tuple[tuple, str, Any]]:
+    """(location, message, input) of every problem in a raw spec section that names a registered
+    component by `key` and gives its parameters beside it (`model: {name, ...}`); the entries of
+    `registry` declare their parameters as a pydantic schema (`entry.params`)."""
+    from pydantic import ValidationError
+
+    if not isinstance(raw, Mapping) or not isinstance(raw.get(key, default), str):
+        return []  # the spec's own validation reports the section's shape
+    name = raw.get(key, default)
+    if name not in registry:
+        return [((section, key), f"unknown {registry.kind} {name!r}; valid: {', '.join(registry.names())}", None)]
+    params = registry.get(name).params
+    try:
+        params.model_validate({k: v for k, v in raw.items() if k != key})
+    except ValidationError as e:
+        known = ", ".join(params.model_fields) or "none"
+        return [((section, *err["loc"]),
+                 f"unknown parameter of {registry.kind} {name} (its parameters: {known})" if err["type"] == "extra_forbidden"
+                 else err["msg"].removeprefix("Value error, "),
+                 None if err["type"] in ("extra_forbidden", "missing") else err.get("input"))
+                for err in e.errors()]
+    return []

@@ -43,24 +43,24 @@ def rank_rows(n: int, rank: int, world: int, seed: int, epoch: int, shuffle: boo
 
 
 class InMemoryShards:
-    """Arrays already in the object store: `splits` maps "train"/"val"/"test" to (x, y)."""
+    """Arrays already in the object store: `splits` maps "train"/"val"/"test" to their columns."""
 
-    def __init__(self, splits: dict[str, tuple[np.ndarray, np.ndarray]], rank: int, world: int, seed: int, shuffle: bool) -> None:
-        self.splits = {k: tuple(torch.from_numpy(np.asarray(a)) for a in xy) for k, xy in splits.items()}
+    def __init__(self, splits: dict[str, dict[str, np.ndarray]], rank: int, world: int, seed: int, shuffle: bool) -> None:
+        self.splits = {k: {c: torch.from_numpy(np.asarray(a)) for c, a in cols.items()} for k, cols in splits.items()}
         self.rank, self.world, self.seed, self.shuffle = rank, world, seed, shuffle
 
     def train(self, epoch: int, batch_size: int) -> Iterator[Cols]:
-        x, y = self.splits["train"]
-        rows = torch.from_numpy(rank_rows(len(y), self.rank, self.world, self.seed, epoch, self.shuffle))
+        cols = self.splits["train"]
+        rows = torch.from_numpy(rank_rows(len(cols["y"]), self.rank, self.world, self.seed, epoch, self.shuffle))
         for i in range(0, len(rows), batch_size):
             idx = rows[i : i + batch_size]
-            yield {"x": x[idx], "y": y[idx]}
+            yield {c: a[idx] for c, a in cols.items()}
 
     def eval(self, split: str, batch_size: int = 1024) -> Iterator[Cols]:
         """This rank's part of `split` (every world-th row)."""
-        x, y = (a[self.rank :: self.world] for a in self.splits[split])
-        for i in range(0, len(y), batch_size):
-            yield {"x": x[i : i + batch_size], "y": y[i : i + batch_size]}
+        cols = {c: a[self.rank :: self.world] for c, a in self.splits[split].items()}
+        for i in range(0, len(cols["y"]), batch_size):
+            yield {c: a[i : i + batch_size] for c, a in cols.items()}
 
 
 class RayDataShards:

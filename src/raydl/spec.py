@@ -80,6 +80,8 @@ class DataSpec(Section):
     seed: int = Field(0, ge=0)
     standardize: Literal["feature", "global", "none"] = "feature"
     loader: Literal["auto", "in_memory", "ray_data"] = "auto"
+    id_column: str | None = Field(None, min_length=1, description="a stable row id the split is hashed from (default: each row's content)")
+    classes: list[int | str | bool] | None = Field(None, min_length=2, description="the class labels, fixed (class-incremental data)")
     n_samples: int | None = Field(None, ge=1, le=MAX_SYNTHETIC_ROWS, description="rows for synthetic datasets")
     noise: float | None = Field(None, ge=0)
 
@@ -96,10 +98,44 @@ class ModelSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+class ContinualSpec(BaseModel):
+    """`strategy` picks a registered continual-learning strategy (`raydl.continual`); every other
+    key is a parameter of that strategy, checked against the schema it declares."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+    strategy: str = "naive"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class LossSpec(Section):
     name: str = "auto"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     huber_delta: float = Field(1.0, gt=0)
+    focal_gamma: float = Field(2.0, ge=0, description="focal loss: down-weights easy examples")
+    focal_alpha: float | None = Field(None, gt=0, lt=1, description="focal loss: weight of the positive/minority class")
+    margin: float = Field(1.0, gt=0, description="contrastive and triplet losses")
+    temperature: float = Field(0.1, gt=0, description="InfoNCE and distillation")
+    task_weights: dict[str, float] = Field(default_factory=dict, description="multi-task: weight of each head's loss")
+
+
+class FinetuneSpec(Section):
+    """Start from a trained raydl model directory (transfer learning, continual learning)."""
+
+    from_: str = Field(..., alias="from", min_length=1, description="a raydl model directory")
+    freeze: list[str] = Field(default_factory=list, description="fnmatch patterns of parameter names kept fixed")
+    lr_mult: dict[str, float] = Field(default_factory=dict, description="pattern -> learning-rate multiplier")
+    reinit: list[str] = Field(default_factory=list, description="patterns of parameters not loaded (e.g. a new head)")
+
+    @field_validator("lr_mult")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: m for k, m in v.items() if not m > 0}
+        if bad:
+            raise ValueError(f"learning-rate multipliers must be > 0, got {bad}")
+        return v
 
 
 class ScheduleSpec(Section):
@@ -136,6 +172,8 @@ class TrainingSpec(Section):
     seed: int = Field(0, ge=0)
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     shuffle: bool = True
+    calibration: Literal["none", "temperature", "platt", "isotonic"] = Field(
+        "none", description="fit a calibrator on the validation split when training ends (raydl calibrate)")
 
 
 class ScalingSpec(Section):
@@ -173,6 +211,8 @@ class JobSpec(Section):
     scaling: ScalingSpec = ScalingSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
     tracking: TrackingSpec = TrackingSpec()
+    finetune: FinetuneSpec | None = None
+    continual: ContinualSpec | None = None
 
     @field_validator("data", mode="before")
     @classmethod
@@ -210,6 +250,10 @@ def _problems(raw: dict[str, Any]) -> tuple[JobSpec | None, list[str]]:
     except ValidationError as err:
         lines = [_problem(e["loc"], e["msg"], e["type"], e.get("input")) for e in err.errors()]
     lines += [_problem(loc, msg, "", got) for loc, msg, got in param_errors(raw.get("model", {}))]
+    if isinstance(raw.get("continual"), dict):
+        from raydl.continual import param_errors as strategy_errors
+
+        lines += [_problem(loc, msg, "", got) for loc, msg, got in strategy_errors(raw["continual"])]
     return spec, lines
 
 
@@ -283,4 +327,4 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
 
 
 def spec_to_yaml(spec: JobSpec) -> str:
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False)

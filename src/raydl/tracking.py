@@ -44,7 +44,7 @@ class WandbTracker:
         self.run = wandb.init(
             project=tr.project, entity=tr.entity, name=self.spec.run.name, tags=tr.tags,
             dir=str(wandb_dir), mode=tr.mode, reinit="finish_previous",
-            config={"spec": self.spec.model_dump(mode="json"), "manifest": self.manifest},
+            config={"spec": self.spec.model_dump(mode="json", by_alias=True), "manifest": self.manifest},
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
         )
         return self.run

@@ -149,6 +149,16 @@ def _threaded(fn: Callable[[Any], Any], batches: Iterator[Any], workers: int | N
             yield pending.popleft().result()
 
 
+def run_dataset(ds, partial_fn: Callable[[Any], Any], merge: Callable[[Any, Any], Any], empty: Any,
+                batch_rows: int = dd.BATCH_ROWS) -> Any:
+    """Fold ``partial_fn`` over every batch of a Ray Dataset on the cluster; partial states are
+    merged on the driver as they arrive."""
+    out = empty
+    for state in _collect(ds.map_batches(_Pickled(partial_fn), batch_format="pyarrow", batch_size=batch_rows)):
+        out = merge(out, pickle.loads(state))
+    return out
+
+
 def _collect(ds) -> list[bytes]:
     out: list[bytes] = []
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):

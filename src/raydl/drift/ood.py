@@ -120,7 +120,9 @@ def load_model_dir(path: str | Path) -> Any:
         from raydl.model_dir import load_model
     except ImportError:
         raise DriftError("--model needs raydl.model_dir, which this install lacks") from None
-    if not Path(path).exists():
+    from raydl import storage
+
+    if not storage.is_uri(str(path)) and not Path(path).exists():  # a URI is checked as it downloads
         raise DriftError(f"model directory {str(path)!r} does not exist")
     return load_model(path)
 

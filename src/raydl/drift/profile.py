@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,14 @@ from raydl.drift import engine as eng
 from raydl.drift import stats
 from raydl.drift.errors import DataError, DriftError, ProfileError
 from raydl.drift.ood import DIRECTION, SCORES, output_scores
-from raydl.drift.partial import CountPass, ProfilePass, residual_map, standardise
+from raydl.drift.partial import (
+    CountPartial,
+    CountPass,
+    ProfilePartial,
+    ProfilePass,
+    residual_map,
+    standardise,
+)
 from raydl.paths import write_atomic  # the one atomic writer
 
 FORMAT = "raydl.drift.profile"
@@ -127,12 +135,15 @@ class Profile:
 
 
 def load_profile(path: str | os.PathLike) -> Profile:
-    """Read and validate a profile file; ProfileError when missing, corrupt or too new."""
-    p = Path(path)
-    if not p.is_file():
+    """Read and validate a profile file (local, or an object-store URI); ProfileError when missing,
+    corrupt or too new."""
+    from raydl import storage
+
+    p = Path(path) if not storage.is_uri(str(path)) else str(path)
+    if isinstance(p, Path) and not p.is_file() or isinstance(p, str) and not storage.exists(p):
         raise ProfileError(f"profile {str(p)!r} does not exist")
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        doc = json.loads(p.read_text(encoding="utf-8") if isinstance(p, Path) else storage.read_bytes(p).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ProfileError(f"profile {str(p)!r} is not valid JSON ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -254,8 +265,29 @@ def build_profile(
             source, cols, ProfilePass(numeric, categorical, s.sample_size, s.seed),
             lambda a, b: a.merge(b, s.sample_size), engine,
         )
+    return finish_profile(
+        first, kinds, model_feats, _name(source), s,
+        lambda cp: eng.run(source, numeric, cp, lambda a, b: a.merge(b), engine),
+        model=model, model_dir=model_dir,
+    )
+
+
+def finish_profile(
+    first: ProfilePartial,
+    kinds: dict[str, str],
+    model_feats: list[str],
+    source_name: str,
+    s: ProfileSettings,
+    count: Callable[[CountPass], CountPartial],
+    model: Any = None,
+    model_dir: str | None = None,
+) -> Profile:
+    """A profile from the merged first pass (moments, categories, the bottom-k sample) and a
+    second pass, `count(pass) -> merged CountPartial`, that counts every row into the bins."""
+    numeric = [f for f, k in kinds.items() if k == dd.NUMERIC]
+    categorical = [f for f, k in kinds.items() if k == dd.CATEGORICAL]
     if first.n_rows == 0:
-        raise DataError(f"reference data {_name(source)} has no rows")
+        raise DataError(f"reference data {source_name} has no rows")
     empty = [f for f, c in zip(numeric, first.count) if c == 0]
     empty += [f for f in categorical if not first.categories.get(f)]
     if empty:
@@ -278,11 +310,7 @@ def build_profile(
     for f in categorical:
         vc = sorted(first.categories[f].items(), key=lambda kv: (-kv[1], kv[0]))
         cats[f] = [v for v, _ in vc[: s.max_categories]]
-    second = eng.run(
-        source, numeric,
-        CountPass(numeric=numeric, edges=edges, categorical=[], categories=[]),
-        lambda a, b: a.merge(b), engine,
-    )
+    second = count(CountPass(numeric=numeric, edges=edges, categorical=[], categories=[]))
     for j, f in enumerate(numeric):
         feats_doc.append({
             "name": f, "kind": dd.NUMERIC, "edges": edges[j].tolist(),
@@ -303,7 +331,7 @@ def build_profile(
         "format": FORMAT,
         "version": VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source": _name(source),
+        "source": source_name,
         "n_rows": int(first.n_rows),
         "settings": s.__dict__,
         "features": [by_name[f] for f in kinds],

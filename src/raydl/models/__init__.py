@@ -15,11 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import ValidationError
 from torch import nn
 
 from raydl.batches import DataKind, model_input
 from raydl.registry import Registry
+from raydl.registry import param_errors as registry_param_errors
 from raydl.spec import ModelSpec, Section
 
 
@@ -53,22 +53,7 @@ class OneTensor(nn.Sequential):
 
 def param_errors(model: Any) -> list[tuple[tuple, str, Any]]:
     """(location, message, input) of every problem in a raw `model:` section's parameters."""
-    if not isinstance(model, Mapping) or not isinstance(model.get("name", "mlp"), str):
-        return []  # the spec's own validation reports the section's shape
-    name = model.get("name", "mlp")
-    if name not in MODELS:
-        return [(("model", "name"), f"unknown model {name!r}; valid: {', '.join(MODELS.names())}", None)]
-    entry = MODELS.get(name)
-    try:
-        entry.params.model_validate({k: v for k, v in model.items() if k != "name"})
-    except ValidationError as e:
-        known = ", ".join(entry.params.model_fields) or "none"
-        return [(("model", *e_["loc"]),
-                 f"unknown parameter of model {name} (its parameters: {known})" if e_["type"] == "extra_forbidden"
-                 else e_["msg"].removeprefix("Value error, "),
-                 None if e_["type"] in ("extra_forbidden", "missing") else e_.get("input"))
-                for e_ in e.errors()]
-    return []
+    return registry_param_errors(MODELS, "model", "name", "mlp", model)
 
 
 def model_params(spec: ModelSpec) -> Section:
@@ -107,4 +92,15 @@ def describe() -> str:
     return "\n".join(lines)
 
 
-from raydl.models import linear, mlp  # noqa: E402,F401  (registers the built-in models)
+from raydl.models import (  # noqa: E402,F401  (registers the built-in models)
+    cnn,
+    cnn1d,
+    detection,
+    graph,
+    linear,
+    mlp,
+    mobilenet,
+    rnn,
+    transformer,
+    unet,
+)

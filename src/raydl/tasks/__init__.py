@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from raydl.calibration import metrics as calibration
 from raydl.errors import DataError, SpecError
 from raydl.losses import LOSSES, Loss
 from raydl.registry import Registry
@@ -52,6 +53,9 @@ def _value(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
+CALIBRATION_METRICS = ("ece", "mce", "brier", "nll")  # equal-width bins: see raydl.calibration.metrics
+
+
 @dataclass(frozen=True)
 class Classification:
     """Class ids in `y`; one logit per class (or one logit and a sigmoid for a binary loss)."""
@@ -76,20 +80,24 @@ class Classification:
         return torch.cat([torch.zeros_like(out), out], dim=1) if self.loss_.binary else out
 
     def stats_size(self) -> int:
-        return 2 + self.n_classes**2  # [loss_sum, count] + confusion matrix (true x predicted)
+        # [loss_sum, count] + confusion matrix (true x predicted) + calibration bins, NLL, Brier
+        return 2 + self.n_classes**2 + calibration.stats_size()
 
     def stats(self, out: torch.Tensor, batch: Mapping[str, Any]) -> np.ndarray:
         y = batch["y"]
         s = np.zeros(self.stats_size())
         s[0], s[1] = self.loss(out, batch).item() * len(y), len(y)
-        pred = self.logits(out).argmax(dim=1).cpu().numpy()
+        log_probs = torch.log_softmax(self.logits(out), dim=1).double().cpu().numpy()
+        pred = log_probs.argmax(axis=1)
         k = self.n_classes
-        s[2:] = np.bincount(y.cpu().numpy().astype(np.int64) * k + pred, minlength=k * k)
+        y_np = y.cpu().numpy().astype(np.int64)
+        s[2:2 + k * k] = np.bincount(y_np * k + pred, minlength=k * k)
+        s[2 + k * k:] = calibration.calibration_stats(log_probs, y_np)
         return s
 
     def summarize(self, s: np.ndarray, prefix: str) -> dict[str, float]:
         n, k = max(s[1], 1.0), self.n_classes
-        cm = s[2:].reshape(k, k)
+        cm = s[2:2 + k * k].reshape(k, k)
         tp = np.diag(cm)
         with np.errstate(divide="ignore", invalid="ignore"):
             precision = np.where(cm.sum(0) > 0, tp / cm.sum(0), 0.0)
@@ -98,10 +106,12 @@ class Classification:
         present = cm.sum(1) > 0  # macro average over the classes present in this split
         m = {"loss": s[0] / n, "accuracy": tp.sum() / n, "precision": precision[present].mean(),
              "recall": recall[present].mean(), "f1": f1[present].mean()}
+        cal = calibration.summarize(s[2 + k * k:])
+        m.update({name: cal[name] for name in CALIBRATION_METRICS})
         return {f"{prefix}_{k}": float(v) for k, v in m.items()}
 
     def metric_names(self) -> list[str]:
-        return ["loss", "accuracy", "precision", "recall", "f1"]
+        return ["loss", "accuracy", "precision", "recall", "f1", *CALIBRATION_METRICS]
 
     def encode_labels(self, values: np.ndarray, where: str) -> np.ndarray:
         index = {c: i for i, c in enumerate(self.classes)}
@@ -188,3 +198,8 @@ def build_task(prep: Any, spec: LossSpec) -> Task:
 def run_metrics(task: Task) -> list[str]:
     """Every metric a run of `task` reports (what checkpoint/early-stopping/tune may name)."""
     return ["train_loss", *(f"val_{m}" for m in task.metric_names())]
+
+
+# Tasks beyond classification and regression live in modules of this package and register
+# themselves when imported here (one line each).
+from raydl.tasks import detection, language_model, segmentation  # noqa: E402,F401  (vision tasks, next-token prediction)

@@ -5,9 +5,10 @@ object with `.to(device)` such as a torch-geometric `Batch`. It is moved to the 
 place (`to_device`), and every model is called as `model(batch)`: a model reads the inputs it
 needs, a task reads its target (`"y"`).
 
-A data kind owns its collate: how columns of model-ready rows (`x`, and `y` when labelled) become
-a batch. Adding one (sequence,
-graph) is one `@DATA_KINDS.register(name)`.
+A data kind owns its collate: how columns of model-ready rows (`x`, `y` when labelled, and any
+others its data carries, e.g. `length`) become a batch. Adding one (sequence, graph) is one
+`DATA_KINDS.register(name)` of a builder `(prep) -> DataKind`, where `prep` is the data's
+`raydl.data.Preprocessing` (its `sample_shape` and `kind_params`).
 """
 
 from __future__ import annotations
@@ -59,13 +60,16 @@ class FixedShape:
         return {**cols, "x": x.reshape(len(x), *self.shape)}
 
 
-DATA_KINDS: Registry[Callable[[list[int]], DataKind]] = Registry("data kind")
-DATA_KINDS.register("tabular")(lambda shape: FixedShape("tabular", tuple(shape)))
-DATA_KINDS.register("image")(lambda shape: FixedShape("image", tuple(shape)))
+DATA_KINDS: Registry[Callable[[Any], DataKind]] = Registry("data kind")
+DATA_KINDS.register("tabular")(lambda prep: FixedShape("tabular", tuple(prep.sample_shape)))
+DATA_KINDS.register("image")(lambda prep: FixedShape("image", tuple(prep.sample_shape)))
 
 
 def build_kind(prep: Any) -> DataKind:
-    """The data kind of prepared data (its `features`, and `image_shape` for images)."""
-    if getattr(prep, "image_shape", None):
-        return DATA_KINDS.get("image")(prep.image_shape)
-    return DATA_KINDS.get("tabular")([len(prep.features)])
+    """The data kind of prepared data (`prep.kind`), built from its preprocessing."""
+    return DATA_KINDS.get(prep.kind, "data kind")(prep)
+
+
+# Data kinds beyond fixed-shape rows live in modules of this package and register themselves
+# when imported here (one line each).
+from raydl.batches import graph, sequence  # noqa: E402,F401

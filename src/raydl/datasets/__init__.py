@@ -1,13 +1,15 @@
 """Where rows come from: built-in datasets that ship offline, and Parquet/CSV files by path or URI.
 
-Every loader returns a `pyarrow.Table`; the built-ins also name their label, task and image shape.
-Adding a dataset is one `@DATASETS.register(name)`.
+A built-in's loader returns a `pyarrow.Table` of numeric feature columns and a label (tabular
+data, and images stored as flat pixels), or `Arrays` for data that is not a flat table (sequences,
+masks, boxes, graphs): named columns with a leading row axis. Each built-in also names its label,
+task and data kind (with the kind's sample shape). Adding a dataset is one `DATASETS.register`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +21,28 @@ from raydl.spec import DataSpec
 
 
 @dataclass(frozen=True)
+class Arrays:
+    """A dataset as named columns with a leading row axis: "x" (the model input), "y" (the target,
+    any shape the task reads) and whatever else the data kind's collate reads (e.g. "length").
+    `classes` fixes the class labels of a classification target (index = class id) when the
+    target's values alone do not tell them (e.g. masks); `params` go to the data kind (e.g. a
+    vocabulary size)."""
+
+    cols: dict[str, np.ndarray]
+    classes: list | None = None
+    params: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.cols["x"])
+
+
+@dataclass(frozen=True)
 class Builtin:
-    load: Callable[[DataSpec], pa.Table]
+    load: Callable[[DataSpec], pa.Table | Arrays]
     label: str
     task: str
-    image_shape: tuple[int, ...] | None = None
+    kind: str = "tabular"  # the data kind its rows are (raydl.batches.DATA_KINDS)
+    shape: tuple[int, ...] | None = None  # one sample's input shape, when not (features,)
 
 
 DATASETS: Registry[Builtin] = Registry("dataset")
@@ -54,7 +73,7 @@ def _digits(spec: DataSpec) -> pa.Table:
 
 
 DATASETS.register("digits")(Builtin(_digits, "digit", "classification"))
-DATASETS.register("digits_images")(Builtin(_digits, "digit", "classification", (1, 8, 8)))
+DATASETS.register("digits_images")(Builtin(_digits, "digit", "classification", "image", (1, 8, 8)))
 DATASETS.register("breast_cancer")(Builtin(_sklearn("load_breast_cancer", "benign"), "benign", "classification"))
 DATASETS.register("wine")(Builtin(_sklearn("load_wine", "cultivar"), "cultivar", "classification"))
 DATASETS.register("iris")(Builtin(_sklearn("load_iris", "species"), "species", "classification"))
@@ -116,16 +135,24 @@ def read_table(source: str, fmt: str = "auto", where: str = "data.source") -> pa
         raise DataError(
             f"{where}: no file or directory at {source!r} (and it is not a built-in dataset: {', '.join(DATASETS.names())})"
         )
+    from raydl import storage
+
     kind = _format_of(source, fmt)
     try:
-        return pds.dataset(source, format=kind).to_table()
+        fs, path = storage.filesystem(source)  # an s3:// endpoint from the environment, short timeouts
+        return pds.dataset(path, format=kind, filesystem=fs).to_table()
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, FileNotFoundError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{where}: cannot read {source!r} as {kind}: {first}") from None
 
 
-def load_source(spec: DataSpec) -> tuple[pa.Table, Builtin | None]:
+def load_source(spec: DataSpec) -> tuple[pa.Table | Arrays, Builtin | None]:
     if spec.source in DATASETS:
         builtin = DATASETS.get(spec.source)
         return builtin.load(spec), builtin
     return read_table(spec.source, spec.format), None
+
+
+# Families of built-in datasets beyond the tables above live in modules of this package and
+# register themselves when imported here (one line each).
+from raydl.datasets import graphs, sequences, shapes  # noqa: E402,F401  (graphs, sequences; synthetic shapes with masks/boxes, imbalanced digits)

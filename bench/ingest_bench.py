@@ -1,0 +1,195 @@
+"""Benchmark: how rows reach the workers, streamed from Parquet by Ray Data vs read into the driver.
+
+Two studies, each running `raydl train` end to end as a subprocess (its own embedded Ray):
+
+  scale       MLP on seeded Parquet data of 1M, 5M and 20M rows x 64 float32 features (generated
+              here, under --data, not committed), one epoch, 2 CPU workers. For each size and
+              loader: driver peak RSS and the peak RSS of each training worker (sampled from
+              /proc every 0.2 s), steady rows/s, time to first step, wall time. The in-memory
+              path (the code before streaming: the driver reads, splits and scales the table)
+              runs only up to --memory-max rows.
+  throughput  compute-bound MLP 64-512-512-10 on 200k x 64 rows, batch 256 per worker, 2
+              workers, both loaders alternately --runs times: steady samples/s (median over
+              epochs 2..N) and the ratio streamed / in memory (goal >= 0.9).
+
+Usage:
+  python bench/ingest_bench.py scale --data /tmp/raydl-bench [--sizes 1000000 5000000 20000000]
+  python bench/ingest_bench.py throughput --data /tmp/raydl-bench --runs 3 --epochs 4
+
+Prints one JSON object per run and a Markdown table at the end (pasted into bench/RESULTS.md).
+This is a script, not a test: nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+FEATURES = 64
+
+
+def write_data(path: Path, rows: int, seed: int = 0, rows_per_file: int = 500_000) -> Path:
+    """Seeded 10-class data (a random linear teacher), float32 features, written once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    done = path / "_DONE"
+    if done.exists():
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(FEATURES, 10))
+    names = [f"f{i}" for i in range(FEATURES)]
+    for i, start in enumerate(range(0, rows, rows_per_file)):
+        n = min(rows_per_file, rows - start)
+        X = rng.normal(size=(n, FEATURES)).astype(np.float32)
+        y = (X @ w + rng.normal(scale=2.0, size=(n, 10))).argmax(1)
+        table = pa.Table.from_arrays([pa.array(X[:, j]) for j in range(FEATURES)] + [pa.array(y)], names=[*names, "y"])
+        pq.write_table(table, path / f"part-{i:05d}.parquet", row_group_size=100_000)
+    done.touch()
+    return path
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _descendants(pid: int) -> set[int]:
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*") if Path(f"/proc/{p}/task").exists() else []:
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                kids = []
+            for c in kids:
+                if c not in out:
+                    out.add(c)
+                    todo.append(c)
+    return out
+
+
+class Sampler(threading.Thread):
+    """Peak RSS of the driver and of every Ray Train worker under it, every 0.2 s."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.driver_kib, self.workers_kib, self.stop = pid, 0, {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.driver_kib = max(self.driver_kib, _rss_kib(self.pid))
+            for c in _descendants(self.pid):
+                if "RayTrainWorker" in _cmdline(c):
+                    self.workers_kib[c] = max(self.workers_kib.get(c, 0), _rss_kib(c))
+            time.sleep(0.2)
+
+
+def run_raydl(data: Path, name: str, loader: str, overrides: list[str], runs_dir: Path) -> dict:
+    spec = ROOT / "bench" / "ingest_bench.yaml"
+    exe = shutil.which("raydl") or str(Path(sys.executable).with_name("raydl"))
+    cmd = [exe, "train", str(spec), f"run.name={name}", f"run.storage_path={runs_dir}", f"data.source={data}",
+           f"data.loader={loader}", *overrides, "--restart", "--json"]
+    env = {**os.environ, "RAYDL_LAUNCH_TS": repr(time.time()), "RAY_USAGE_STATS_ENABLED": "0"}
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    sampler = Sampler(proc.pid)
+    sampler.start()
+    out, err = proc.communicate(timeout=3600)
+    sampler.stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-3000:]}")
+    m = json.loads(out.strip().splitlines()[-1])["metrics"]
+    workers = sorted(sampler.workers_kib.values())
+    return {"loader": loader, "samples_per_sec": m["samples_per_sec"], "time_to_first_step_s": m["time_to_first_step_s"],
+            "wall_s": time.time() - t0, "driver_peak_mib": sampler.driver_kib / 1024,
+            "worker_peak_mib": [w / 1024 for w in workers], "test_accuracy": m.get("test_accuracy"),
+            "epochs": m["epochs_run"]}
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    mem = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+    return f"{os.cpu_count()} cores ({cpu}), {mem / 2**20:.0f} GiB, Python {platform.python_version()}, load {os.getloadavg()[0]:.1f} at start"
+
+
+def scale(args) -> None:
+    print(f"# machine: {machine()}", flush=True)
+    rows_out = []
+    for rows in args.sizes:
+        data = write_data(Path(args.data) / f"rows-{rows}", rows)
+        loaders = ["ray_data"] + (["in_memory"] if rows <= args.memory_max else [])
+        for loader in loaders:
+            r = run_raydl(data, f"scale-{rows}-{loader}", loader, ["training.epochs=1"], Path(args.data) / "runs")
+            r["rows"] = rows
+            print(json.dumps(r), flush=True)
+            rows_out.append(r)
+    print("\n| rows | loader | driver peak RSS | worker peak RSS (each) | rows/s | first step | wall | test acc |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows_out:
+        w = ", ".join(f"{x:.0f}" for x in r["worker_peak_mib"])
+        print(f"| {r['rows']:,} | {r['loader']} | {r['driver_peak_mib']:.0f} MiB | {w} MiB | {r['samples_per_sec']:,.0f} | "
+              f"{r['time_to_first_step_s']:.1f} s | {r['wall_s']:.0f} s | {r['test_accuracy']:.3f} |")
+
+
+def throughput(args) -> None:
+    print(f"# machine: {machine()}", flush=True)
+    data = write_data(Path(args.data) / "rows-200000", 200_000)
+    over = [f"training.epochs={args.epochs}", "training.batch_size=256", "model.hidden=[512,512]"]
+    rates: dict[str, list[float]] = {"in_memory": [], "ray_data": []}
+    for i in range(args.runs):
+        for loader in ("in_memory", "ray_data"):
+            r = run_raydl(data, f"tput-{loader}-{i}", loader, over, Path(args.data) / "runs")
+            print(json.dumps(r), flush=True)
+            rates[loader].append(r["samples_per_sec"])
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"\nsteady samples/s, medians of {args.runs}: in memory {med['in_memory']:,.0f}, streamed {med['ray_data']:,.0f}, "
+          f"ratio {med['ray_data'] / med['in_memory']:.3f} (goal >= 0.9); runs: {json.dumps(rates)}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="study", required=True)
+    s = sub.add_parser("scale")
+    s.add_argument("--data", required=True)
+    s.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 20_000_000])
+    s.add_argument("--memory-max", type=int, default=5_000_000, help="largest size the in-memory path runs at")
+    s.set_defaults(fn=scale)
+    t = sub.add_parser("throughput")
+    t.add_argument("--data", required=True)
+    t.add_argument("--runs", type=int, default=3)
+    t.add_argument("--epochs", type=int, default=4)
+    t.set_defaults(fn=throughput)
+    args = p.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Which way the rows reach the workers, decided before Ray starts.
+
+- In memory (`raydl.data.prepare`): built-in datasets and small files are read on the driver,
+  split, standardised, and put in the object store once (see `raydl.sharding`).
+- Streamed (`raydl.source`): a Parquet/CSV source with `data.loader: ray_data`, or with `auto`
+  and more than `sharding.IN_MEMORY_MAX_BYTES` of decoded features, is read by Ray Data on the
+  cluster. The driver checks the schema before Ray starts, then runs one distributed statistics
+  pass (split sizes, scaling, classes, the data checks); the workers receive model-ready batches.
+
+Both paths split by `raydl.split` (each row's content hashed with the seed), so the same rows
+land in train, validation and test either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from raydl.data import Preprocessing, fractions
+from raydl.datasets import DATASETS, _format_of
+from raydl.drift.partial import ProfilePartial
+from raydl.errors import RaydlError
+from raydl.sharding import IN_MEMORY_MAX_BYTES
+from raydl.source import Source, SourceStats, open_source
+from raydl.source_batches import PROFILE
+from raydl.spec import DataSpec, JobSpec
+
+
+def decoded_bytes(spec: DataSpec) -> int:
+    """The size of the feature matrix as float64, from Parquet footers or CSV file sizes (no rows read)."""
+    import pyarrow.dataset as pds
+
+    from raydl import storage
+
+    kind = _format_of(spec.source, spec.format)
+    fs, path = storage.filesystem(spec.source)
+    ds = pds.dataset(path, format=kind, filesystem=fs)
+    if kind == "parquet":
+        return ds.count_rows() * max(len(ds.schema.names) - 1, 1) * 8
+    return sum(info.size for info in fs.get_file_info(ds.files))
+
+
+def streams(spec: DataSpec) -> bool:
+    if spec.source in DATASETS or spec.loader == "in_memory":
+        return False
+    if spec.loader == "ray_data":
+        return True
+    try:
+        return decoded_bytes(spec) > IN_MEMORY_MAX_BYTES
+    except (OSError, pa.ArrowException, RaydlError):
+        return False  # unreadable: data.prepare names the problem
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A lazily read source; `stats` (and the drift profile's first pass) once the distributed
+    pass has run."""
+
+    source: Source
+    stats: SourceStats | None = None
+    profile_first: ProfilePartial | None = None
+
+    def with_stats(self, spec: JobSpec) -> Streamed:
+        d = spec.data
+        stats, first = self.source.stats_and_profile(d.seed, fractions(d), d.standardize, d.task, spec.scaling.num_workers)
+        return replace(self, stats=stats, profile_first=first)
+
+    def write_profile(self, spec: JobSpec, mdir: Path, model_dir: Path | None) -> Path:
+        """The drift reference profile of the train split: its first pass came with the statistics
+        pass; the second (every train row counted into the bins) runs on the cluster now."""
+        from raydl.drift import engine
+        from raydl.drift.data import NUMERIC
+        from raydl.drift.ood import ModelScorer
+        from raydl.drift.partial import CountPass
+        from raydl.drift.profile import finish_profile
+
+        features = self.stats.features
+        raw = self.source.raw_split(spec.data.seed, fractions(spec.data), part=0)
+        empty_batch = pa.table({f: pa.array([], pa.float64()) for f in features})
+
+        def count(cp: CountPass):
+            return engine.run_dataset(raw, cp, lambda a, b: a.merge(b), cp(empty_batch))
+
+        model = ModelScorer(model_dir) if model_dir is not None else None
+        prof = finish_profile(self.profile_first, dict.fromkeys(features, NUMERIC), features if model else [],
+                              f"{spec.data.source} (train split)", PROFILE, count, model,
+                              None if model_dir is None else str(model_dir))
+        return prof.save(mdir / "profile.json")
+
+    @property
+    def prep(self) -> Preprocessing:
+        return self.stats.preprocessing()
+
+    def describe(self) -> str:
+        st = self.stats
+        return (f"{st.n_train}/{st.n_val}/{st.n_test} rows streamed by Ray Data from {self.source.kind} files, "
+                f"{len(st.features)} features, {st.task}")
+
+    @property
+    def fingerprint(self) -> str:
+        return self.stats.fingerprint
+
+    def datasets(self, spec: JobSpec) -> dict:
+        d = spec.data
+        parts = self.source.split_datasets(self.stats, d.seed, fractions(d))
+        return {k: v for k, v in parts.items() if k != "test" or self.stats.n_test}
+
+    def sample_inputs(self, spec: JobSpec, rows: int = 256) -> dict[str, np.ndarray]:
+        """Up to `rows` model-ready validation inputs (no target), e.g. to time inference."""
+        batch = self.datasets(spec)["val"].take_batch(rows, batch_format="numpy")
+        return {"x": np.array(batch["x"])}  # writable: Ray hands out read-only arrays
+
+
+
+def plan(spec: JobSpec):
+    """`Streamed` (schema checked, no rows read) or None for the in-memory path."""
+    return Streamed(open_source(spec.data)) if streams(spec.data) else None

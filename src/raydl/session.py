@@ -1,0 +1,138 @@
+"""Connecting to Ray: an embedded local Ray, `raydl cluster up`'s head, or a cluster's address;
+checks that fail in seconds with one line where Ray would retry or wait for minutes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from raydl.capacity import shortfall, worker_need
+from raydl.errors import ResourceError
+from raydl.spec import JobSpec
+
+log = logging.getLogger("raydl")
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> bool:
+    """Connect to `address` (or RAY_ADDRESS, or `raydl cluster up`'s head), else start an embedded
+    local Ray. True if we started it. The caller has checked the address (`check_address`)."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        address = address or os.environ["RAY_ADDRESS"]
+    else:
+        from raydl import cluster
+
+        head = cluster.running()
+        if head is not None:
+            address = head.address
+            log.warning("raydl: using the local cluster at %s (raydl cluster down to stop it)", address)
+    # `ray start` turns token authentication on by default; a client on the same machine finds the
+    # token in ~/.ray/auth_token once told to use one. Ray reads this when it is first imported.
+    if address and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # notices the end of a run sooner (default 2 s)
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # Worker output (Ray Train's per-report INFO lines, Ray Data plans) is kept in Ray's log files;
+    # raydl shows its own progress. RAYDL_VERBOSE=1 forwards it all to this terminal.
+    verbose = os.environ.get("RAYDL_VERBOSE") == "1"
+    kwargs = dict(logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose, configure_logging=True)
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as e:
+            raise ResourceError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}; is it running (ray status --address {address})?") from None
+    else:
+        ray.init(include_dashboard=False, num_cpus=num_cpus, **kwargs)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    if not verbose:  # Ray Data's execution plans and timings (it sets up its loggers when imported)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return True
+
+
+def check_address(address: str, where: str = "--address", timeout: float = 2.0) -> None:
+    """Fail in seconds, with one line, when `address` is malformed or nothing listens there (Ray itself
+    retries a closed port for minutes, and raises a bare ValueError on a malformed address).
+    Ray takes `auto`, `host:port` (the GCS, as `ray start --head` prints it) or `ray://host:port`."""
+    if address == "auto":
+        return
+    said = f"{where} {address!r}" if where == "--address" else f"{where}={address!r}"
+    if address.startswith(("http://", "https://")):
+        raise ResourceError(f"{said}: an http(s) URL is the Ray Jobs API, not a cluster address; give the GCS "
+                            "address host:port as `ray start --head` prints it (e.g. 127.0.0.1:6379), or ray://host:port")
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not sep or not host or "/" in host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ResourceError(f"{said}: not a Ray address; expected host:port (e.g. 127.0.0.1:6379), ray://host:port or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        why = ("nothing is listening there (connection refused)" if isinstance(e, ConnectionRefusedError) else
+               f"cannot resolve host {host!r}" if isinstance(e, socket.gaierror) else
+               f"cannot reach it ({'timed out' if isinstance(e, TimeoutError) else e.strerror or e})")
+        raise ResourceError(f"{said}: {why}; start a cluster with `raydl cluster up` or `ray start --head`, "
+                            "or give the address of a running one") from None
+
+
+# Ray Data's file listing (the first operator of every read) asks for one CPU, even when the read
+# and preprocessing tasks ask for none (raydl.source.TASK_ARGS). With every CPU held by Ray Train's
+# workers it would wait forever, so a streamed run needs one CPU beyond the workers'.
+STREAM_CPUS = 1
+
+
+def embedded_cpus(spec: JobSpec, streams: bool) -> int | None:
+    """Logical CPUs for an embedded Ray: Ray's default (the cores), or, when the data is streamed,
+    at least the workers' CPUs plus `STREAM_CPUS` (the listing task shares the workers' cores)."""
+    if not streams:
+        return None
+    need = math.ceil(spec.scaling.num_workers * spec.scaling.cpus_per_worker) + STREAM_CPUS
+    return max(os.cpu_count() or 1, need)
+
+
+def check_resources(spec: JobSpec, streams: bool = False) -> None:
+    """Fail at once when the cluster cannot fit the workers (Ray would wait 60 s, then fail vaguely),
+    or, for streamed data, leaves no CPU for Ray Data's file listing (it would wait forever)."""
+    import ray
+
+    sc = spec.scaling
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    problem = shortfall(worker_need(sc), sc.num_workers, nodes)
+    if problem:
+        raise ResourceError(problem)
+    total_cpu = sum(n.get("CPU", 0.0) for n in nodes)
+    if streams and total_cpu < sc.num_workers * sc.cpus_per_worker + STREAM_CPUS - 1e-9:
+        raise ResourceError(
+            f"scaling: the data is streamed from files, which needs {STREAM_CPUS} CPU beyond the workers' "
+            f"({sc.num_workers} x {sc.cpus_per_worker:g}) for Ray Data's file listing, and the cluster has {total_cpu:g}; "
+            "lower scaling.num_workers, set data.loader: in_memory, or give the cluster another CPU "
+            "(raydl cluster up --num-cpus N)")
+
+
+@contextmanager
+def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[None]:
+    """Connected to Ray inside the block (`connect`); an embedded Ray we started is shut down after."""
+    term = signal.getsignal(signal.SIGTERM)
+    started = connect(address, num_cpus)
+    if callable(term) and threading.current_thread() is threading.main_thread():
+        # ray.init puts a fatal-signal handler on SIGTERM (stack dump, then abort): keep the caller's
+        # (the CLI's raises KeyboardInterrupt, so the finally below shuts Ray down).
+        signal.signal(signal.SIGTERM, term)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()

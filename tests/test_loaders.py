@@ -1,0 +1,171 @@
+"""The two ways rows reach the workers agree, and the streamed one keeps the driver small.
+
+- in memory (`raydl.data.prepare`, object store) and streamed from the files by Ray Data
+  (`raydl.source`) give the same split, the same statistics and, trained the same way, the same
+  weights and metrics;
+- synchronous data parallelism holds on the streamed path (2 workers x B == 1 worker x 2B);
+- training from a Parquet source four times larger than a memory budget keeps the driver's peak
+  memory growth inside that budget, where the in-memory path exceeds it before training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from raydl import split
+from raydl.data import prepare
+from raydl.ingest import Streamed
+from raydl.launch import resolve, train
+from raydl.loop import STATE_FILE
+from raydl.spec import JobSpec
+
+
+def _write_blobs(path: Path, n: int, n_features: int, seed: int = 0, files: int = 3) -> Path:
+    """Three Gaussian classes, written as `files` Parquet files."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    X = rng.normal(size=(n, n_features)) + y[:, None] * 0.8
+    path.mkdir(parents=True, exist_ok=True)
+    for i, rows in enumerate(np.array_split(np.arange(n), files)):
+        cols = {f"f{j}": X[rows, j] for j in range(n_features)}
+        pq.write_table(pa.table({**cols, "y": y[rows]}), path / f"part-{i}.parquet")
+    return path
+
+
+def _even_train_rows(path: Path, seed: int) -> int:
+    """Rows in the train split (by the content hash), so a test can pick data where it is even."""
+    t = pq.read_table(path)
+    X = np.column_stack([t.column(c).to_numpy() for c in t.column_names if c != "y"])
+    return int((split.assign(split.row_keys(X, t.column("y").to_numpy()), seed, (0.6, 0.2, 0.2)) == 0).sum())
+
+
+def _spec(storage: str, name: str, source: Path, loader: str, workers: int, batch: int) -> JobSpec:
+    return JobSpec.model_validate({
+        "run": {"name": name, "storage_path": storage},
+        "data": {"source": str(source), "label": "y", "loader": loader},
+        "model": {"name": "mlp", "hidden": [16], "activation": "tanh", "init": "xavier"},
+        "optimizer": {"name": "momentum", "lr": 0.1, "momentum": 0.9},
+        # full-batch steps without shuffling: every step sees the same rows whatever the loader
+        # or the worker count, so the runs must agree to float rounding
+        "training": {"epochs": 4, "batch_size": batch, "seed": 7, "shuffle": False},
+        "scaling": {"num_workers": workers},
+        "checkpoint": {"every_n_epochs": 1, "keep_last": 1},
+        "tracking": "none",
+    })
+
+
+def _final_weights(storage: str, name: str) -> dict:
+    (latest,) = sorted(Path(storage, name).glob("checkpoint_*/"))[-1:]
+    return torch.load(latest / STATE_FILE, map_location="cpu", weights_only=True)["model"]
+
+
+def test_both_loaders_split_and_scale_identically(ray_local, tmp_path):
+    src = _write_blobs(tmp_path / "blobs", 3000, 6)
+    spec = _spec(str(tmp_path / "runs"), "x", src, "in_memory", 2, 64)
+    memory = prepare(spec.data, min_train_rows=2)
+    streamed = resolve(spec.model_copy(update={"data": spec.data.model_copy(update={"loader": "ray_data"})}))
+    assert isinstance(streamed, Streamed)
+    streamed = streamed.with_stats(spec)
+    st = streamed.stats
+    assert (st.n_train, st.n_val, st.n_test) == (len(memory.train), len(memory.val), len(memory.test))
+    np.testing.assert_allclose(st.mean, memory.prep.mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(st.std, memory.prep.std, rtol=1e-12, atol=1e-12)
+    assert st.classes == memory.prep.classes and st.features == memory.prep.features
+    # the same rows in each split: compare the model-ready rows as sets (order differs)
+    for name, part in (("train", memory.train), ("val", memory.val), ("test", memory.test)):
+        rows = streamed.datasets(spec)[name].take_all()
+        got = np.array(sorted(map(tuple, np.round([r["x"] for r in rows], 5))))
+        want = np.array(sorted(map(tuple, np.round(part.X, 5))))
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_loaders_agree_and_streamed_ddp_matches_one_worker(ray_local, tmp_path):
+    storage = str(tmp_path / "runs")
+    n = next(n for n in range(600, 700) if _even_train_rows(_write_blobs(tmp_path / f"b{n}", n, 5), 0) % 2 == 0)
+    src = tmp_path / f"b{n}"
+    n_train = _even_train_rows(src, 0)
+    memory = train(_spec(storage, "mem-2", src, "in_memory", 2, n_train // 2))
+    streamed = train(_spec(storage, "stream-2", src, "ray_data", 2, n_train // 2))
+    one = train(_spec(storage, "stream-1", src, "ray_data", 1, n_train))
+    assert memory.history[-1]["train_loss"] < memory.history[0]["train_loss"] - 0.01  # it learnt something
+    wm, w2, w1 = (_final_weights(storage, r) for r in ("mem-2", "stream-2", "stream-1"))
+    for k in wm:
+        torch.testing.assert_close(w2[k], wm[k], atol=1e-5, rtol=0)  # the loaders agree
+        torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=0)  # DDP on the streamed path
+    for metric in ("test_loss", "test_accuracy", "val_loss", "val_accuracy"):
+        assert streamed.metrics[metric] == pytest.approx(memory.metrics[metric], abs=1e-4), metric
+        assert streamed.metrics[metric] == pytest.approx(one.metrics[metric], abs=1e-4), metric
+
+
+# ---- the driver's memory ----------------------------------------------------------------------
+
+DRIVER = textwrap.dedent("""
+    import json, sys
+    import ray
+    # 3 logical CPUs: 2 workers and Ray Data's file listing (raydl.session.STREAM_CPUS)
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    from raydl.launch import resolve, train
+    from raydl.spec import JobSpec
+
+    def kib(field):
+        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field))
+
+    spec = JobSpec.model_validate(json.loads(sys.argv[1]))
+    import raydl.ingest, raydl.loop, raydl.drift  # imports are start-up, not data
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM (the peak RSS) to the current RSS: Ray's start-up peak is not ours
+    before = kib("VmRSS")
+    out = {}
+    if sys.argv[2] == "train":
+        result = train(spec)
+        out = {"test_accuracy": result.metrics["test_accuracy"], "epochs": result.metrics["epochs_run"]}
+    else:
+        resolve(spec)  # the in-memory path reads, splits and scales the table here
+    print(json.dumps({**out, "growth_kib": kib("VmHWM") - before}))
+""")
+
+
+@pytest.mark.slow
+def test_streamed_training_keeps_the_driver_within_a_quarter_of_the_data(tmp_path):
+    rows, n_features = 1_500_000, 64
+    src = tmp_path / "big"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(n_features, 4))
+    names = [f"f{i}" for i in range(n_features)]
+    for part in range(6):
+        X = rng.normal(size=(rows // 6, n_features)).astype(np.float32)
+        cols = [pa.array(X[:, j]) for j in range(n_features)] + [pa.array((X @ w).argmax(1))]
+        pq.write_table(pa.Table.from_arrays(cols, names=[*names, "y"]), src / f"part-{part}.parquet")
+    decoded_mib = rows * (n_features * 4 + 8) / 2**20
+    budget_mib = decoded_mib / 4  # ~94 MiB
+
+    def run(loader: str, what: str) -> dict:
+        spec = {"run": {"name": f"big-{loader}", "storage_path": str(tmp_path / "runs")},
+                "data": {"source": str(src), "label": "y", "loader": loader},
+                "model": {"name": "mlp", "hidden": [32]}, "training": {"epochs": 1, "batch_size": 2048},
+                "tracking": "none"}
+        proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(spec), what], capture_output=True,
+                              text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    streamed = run("ray_data", "train")
+    print(f"\ndata {decoded_mib:.0f} MiB decoded; budget {budget_mib:.0f} MiB; streamed training grew the driver by "
+          f"{streamed['growth_kib'] / 1024:.0f} MiB (test accuracy {streamed['test_accuracy']:.3f})")
+    assert streamed["epochs"] == 1 and streamed["test_accuracy"] > 0.5
+    assert streamed["growth_kib"] / 1024 < budget_mib
+    memory = run("in_memory", "resolve")
+    print(f"the in-memory path grew it by {memory['growth_kib'] / 1024:.0f} MiB before training")
+    assert memory["growth_kib"] / 1024 > budget_mib
