@@ -73,6 +73,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    if args.gateway:
+        from raydl.gateway import client
+
+        return client.submit(args, _emit)
     if args.k8s:
         from raydl import kube_cli
 
@@ -162,6 +166,7 @@ def add_parser(sub) -> None:
     s.add_argument("spec")
     s.add_argument("overrides", nargs="*", metavar="key=value")
     s.add_argument("--address", help="the Jobs API, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)")
+    s.add_argument("--gateway", metavar="URL", help="submit through a team gateway (token: RAYDL_GATEWAY_TOKEN)")
     s.add_argument("--kind", default="train", help=f"what the job runs (available: {', '.join(jobs.KINDS)})")
     s.add_argument("--follow", action="store_true", help="stream the job's logs until it ends; exit 0 only if it succeeded")
     s.add_argument("--json", action="store_true", help="print one JSON object on stdout, everything else on stderr")

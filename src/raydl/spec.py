@@ -287,6 +287,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
+def spec_problems(raw: dict[str, Any]) -> list[str]:
+    """Every problem in a raw spec, each `dotted.path: what is wrong` (empty when it is valid)."""
+    return _problems(raw)[1]
+
+
 def spec_from_dict(raw: Any, origin: str = "") -> JobSpec:
     if not isinstance(raw, dict):
         raise SpecError(f"invalid job spec {origin}: the top level must be a mapping of sections, got {type(raw).__name__}")
