@@ -91,6 +91,7 @@ class Error(BaseModel):
 
 
 ERRORS = {401: {"model": Error}, 404: {"model": Error}, 429: {"model": Error}}
+REGISTRY_ERRORS = {**ERRORS, 403: {"model": Error}, 409: {"model": Error}, 422: {"model": Error}}
 
 
 # ---- errors ------------------------------------------------------------------------------------
@@ -109,6 +110,8 @@ def _status(e: RaydlError) -> int:
         return 429
     if isinstance(e, RegistryError):
         text = str(e)
+        if "is not a model name" in text or "is not an alias" in text:
+            return 422
         return 404 if "no model named" in text or "has no version" in text or "has no alias" in text else 409
     if isinstance(e, ResourceError):
         return 503
@@ -243,25 +246,25 @@ def create_app(config: GatewayConfig, runner: JobRunner | None = None, *, migrat
     def cancel_job(job_id: str, who: tokens.Caller = Depends(caller)) -> Any:
         return gw.cancel(who, job_id)
 
-    @app.get("/v1/models", tags=["registry"], responses=ERRORS)
+    @app.get("/v1/models", tags=["registry"], responses=REGISTRY_ERRORS)
     def list_models(who: tokens.Caller = Depends(caller)) -> list[dict[str, Any]]:
         with _registry(gw, who) as reg:
             return reg.list()
 
-    @app.get("/v1/models/{name}", tags=["registry"], responses=ERRORS)
+    @app.get("/v1/models/{name}", tags=["registry"], responses=REGISTRY_ERRORS)
     def model_history(name: str, who: tokens.Caller = Depends(caller)) -> dict[str, Any]:
         with _registry(gw, who) as reg:
             out = reg.history(name)
             out["lineage"] = {v["version"]: reg.show(f"{name}@{v['version']}").get("lineage") for v in out["versions"]}
             return out
 
-    @app.post("/v1/models/{name}/promote", tags=["registry"], responses={**ERRORS, 403: {"model": Error}})
+    @app.post("/v1/models/{name}/promote", tags=["registry"], responses=REGISTRY_ERRORS)
     def promote(name: str, body: PromoteIn, who: tokens.Caller = Depends(caller)) -> dict[str, Any]:
         _may_promote(who)
         with _registry(gw, who) as reg:
             return reg.promote(name, body.version, body.alias)
 
-    @app.post("/v1/models/{name}/rollback", tags=["registry"], responses={**ERRORS, 403: {"model": Error}})
+    @app.post("/v1/models/{name}/rollback", tags=["registry"], responses=REGISTRY_ERRORS)
     def rollback(name: str, body: RollbackIn, who: tokens.Caller = Depends(caller)) -> dict[str, Any]:
         _may_promote(who)
         with _registry(gw, who) as reg:
