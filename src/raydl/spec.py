@@ -287,9 +287,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def spec_problems(raw: dict[str, Any]) -> list[str]:
-    """Every problem in a raw spec, each `dotted.path: what is wrong` (empty when it is valid)."""
-    return _problems(raw)[1]
+def spec_and_problems(raw: dict[str, Any]) -> tuple[JobSpec | None, list[str]]:
+    """The typed spec and every problem in a raw spec, each `dotted.path: what is wrong` (the spec is
+    usable only when the list is empty): for callers that report problems their own way (the gateway)."""
+    return _problems(raw)
 
 
 def spec_from_dict(raw: Any, origin: str = "") -> JobSpec:

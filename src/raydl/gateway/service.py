@@ -22,7 +22,7 @@ from raydl.gateway.config import GatewayConfig
 from raydl.gateway.runner import JobRunner
 from raydl.gateway.store import ACTIVE, Store, job_record
 from raydl.gateway.tokens import Caller
-from raydl.spec import JobSpec, spec_from_dict, spec_problems
+from raydl.spec import JobSpec, spec_and_problems
 from raydl.storage import is_uri
 
 log = logging.getLogger("raydl.gateway")
@@ -54,7 +54,8 @@ def check_spec(raw: Any, kind: str, team_dir: Path) -> JobSpec:
         jobs.entrypoint(kind)
     except SpecError as e:
         found.append(f"kind: {str(e).removeprefix('--kind ')}")
-    found += spec_problems(raw)
+    spec, problems = spec_and_problems(raw)
+    found += problems
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     src = data.get("source")
     if isinstance(src, str) and src not in DATASETS and not is_uri(src):
@@ -64,9 +65,9 @@ def check_spec(raw: Any, kind: str, team_dir: Path) -> JobSpec:
     start = ft.get("from")
     if isinstance(start, str) and not is_uri(start) and not Path(start).resolve().is_relative_to(team_dir.resolve()):
         found.append(f"finetune.from: {start[:80]!r} is outside the team's directory {team_dir}")
-    if found:
-        raise Problems(found)
-    return spec_from_dict(raw)
+    if found or spec is None:
+        raise Problems(found or ["spec: invalid"])
+    return spec
 
 
 def _read_result(storage_path: str, run_name: str) -> dict[str, Any]:

@@ -71,7 +71,8 @@ def now() -> str:
 def engine_for(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        eng = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        # a connection for each of the request threads (anyio's 40) so none waits on the pool and times out
+        eng = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8, max_overflow=40)
 
         @event.listens_for(eng, "connect")
         def _wal(dbapi_conn, _rec) -> None:  # readers do not block the writer
