@@ -31,7 +31,8 @@ def gw(tmp_path_factory):
 
 
 def submit(url: str, token: str, spec: dict | None = None, **kw) -> httpx.Response:
-    return httpx.post(f"{url}/v1/jobs", json={"kind": "train", "spec": spec or SPEC}, headers=auth(token), timeout=30, **kw)
+    headers = kw.pop("headers", auth(token))
+    return httpx.post(f"{url}/v1/jobs", json={"kind": "train", "spec": spec or SPEC}, headers=headers, timeout=30, **kw)
 
 
 def cancel_all(url: str, token: str) -> None:
@@ -105,7 +106,7 @@ def test_another_teams_job_is_404_everywhere(gw):
 
 
 def test_over_quota_is_429_and_a_cancel_frees_it(gw):
-    url, toks, _, _ = gw
+    url, toks, _, app = gw
     cancel_all(url, toks["b"])
     ids = [submit(url, toks["b"]).json()["id"] for _ in range(3)]  # 3 jobs x 2 workers = the quota (3, 6)
     r = submit(url, toks["b"])
@@ -114,8 +115,25 @@ def test_over_quota_is_429_and_a_cancel_frees_it(gw):
     big = submit(url, toks["b"], {**SPEC, "scaling": {"num_workers": 4}})
     assert big.status_code == 429 and "4 workers asked for, over the limit of 6" in big.json()["detail"]
     assert submit(url, toks["b"]).status_code == 201
+    # a job that ends on the cluster without anyone asking the gateway frees its place at once
+    app.state.gateway.runner.stop(httpx.get(f"{url}/v1/jobs?status=RUNNING", headers=auth(toks["b"])).json()["jobs"][0]["id"])
+    assert submit(url, toks["b"]).status_code == 201
     gpu = submit(url, toks["a"], {**SPEC, "scaling": {"num_workers": 1, "use_gpu": True}})
     assert gpu.status_code == 429 and "GPUs" in gpu.json()["detail"]
+    cancel_all(url, toks["b"])
+
+
+def test_a_retry_with_the_same_idempotency_key_gets_the_same_job(gw):
+    url, toks, _, _ = gw
+    cancel_all(url, toks["a"])
+    first = submit(url, toks["a"], headers={**auth(toks["a"]), "Idempotency-Key": "nightly-2026-12-03"})
+    again = submit(url, toks["a"], headers={**auth(toks["a"]), "Idempotency-Key": "nightly-2026-12-03"})
+    assert (first.status_code, again.status_code) == (201, 200) and first.json()["id"] == again.json()["id"]
+    other_team = submit(url, toks["b"], headers={**auth(toks["b"]), "Idempotency-Key": "nightly-2026-12-03"})
+    assert other_team.status_code == 201 and other_team.json()["id"] != first.json()["id"]  # keys are per team
+    running = httpx.get(f"{url}/v1/jobs?status=RUNNING", headers=auth(toks["a"])).json()["jobs"]
+    assert [j["id"] for j in running] == [first.json()["id"]]
+    cancel_all(url, toks["a"])
     cancel_all(url, toks["b"])
 
 
@@ -215,7 +233,7 @@ def test_migrations_keep_the_history_and_reconcile_fails_what_never_reached_ray(
                " ('lost-1', 'team-a', 'train', 'SUBMITTING', '', 'r', '{}', 1, 0, '/x', 't', 't')")
     db.commit()
     migrations.upgrade(cfg.database_url)
-    assert migrations.current(cfg.database_url) == "0002"
+    assert migrations.current(cfg.database_url) == "0003"
     token = make_token(make_config(tmp_path), "team-a")
     with serve_thread(make_config(tmp_path)) as (url, _):  # starts with reconcile
         jobs = {j["id"]: j for j in httpx.get(f"{url}/v1/jobs", headers=auth(token)).json()["jobs"]}

@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import yaml
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -211,16 +212,20 @@ def create_app(config: GatewayConfig, runner: JobRunner | None = None, *, migrat
         "application/yaml": {"schema": {"type": "string", "description": "the spec as YAML; ?kind= names the kind"}}}}}
 
     @app.post("/v1/jobs", status_code=201, response_model=JobOut, tags=["jobs"], openapi_extra=submit_body,
-              responses={**ERRORS, 413: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}})
+              responses={**ERRORS, 200: {"model": JobOut, "description": "a retry: the job this Idempotency-Key made"},
+                         413: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}})
     async def submit(request: Request, who: tokens.Caller = Depends(caller),
-                     kind: str = Query("train", max_length=32)) -> Any:
+                     kind: str = Query("train", max_length=32),
+                     idempotency_key: str | None = Header(None, min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+                                                          description="a retry with the same key returns the first job (200)")) -> Any:
         raw = await request.body()
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         body = _parse_submission(raw, ctype, kind)
         spec = body.spec
         if isinstance(spec, str):
             spec = _yaml_mapping(spec)
-        return await run_in_threadpool(gw.submit, who, body.kind, spec)
+        job, new = await run_in_threadpool(gw.submit, who, body.kind, spec, idempotency_key)
+        return job if new else JSONResponse(jsonable_encoder(JobOut.model_validate(job)), status_code=200)
 
     @app.get("/v1/jobs", response_model=JobPage, tags=["jobs"], responses=ERRORS)
     def list_jobs(who: tokens.Caller = Depends(caller), status: Literal[STATUSES] | None = None,  # type: ignore[valid-type]

@@ -94,7 +94,8 @@ class Gateway:
 
     # ---- submit --------------------------------------------------------------------------------
 
-    def submit(self, caller: Caller, kind: str, raw: Any) -> dict[str, Any]:
+    def submit(self, caller: Caller, kind: str, raw: Any, key: str | None = None) -> tuple[dict[str, Any], bool]:
+        """(the job, whether it is new): with an idempotency `key` the team used before, its first job."""
         team = caller.team
         quota = self.config.teams.get(team)
         if quota is None:
@@ -103,9 +104,13 @@ class Gateway:
         job_id = f"rdg-{team}-{uuid.uuid4().hex[:12]}"
         storage = self.config.runs_dir(team) / job_id
         spec = spec.model_copy(update={"run": spec.run.model_copy(update={"storage_path": str(storage)})})
+        for row in self.store.active_jobs(team):  # jobs that ended since anyone looked no longer count
+            self.refresh(row)
         sc = spec.scaling
         workers, gpus = sc.num_workers, (sc.num_workers * sc.gpus_per_worker if sc.use_gpu else 0.0)
         with self._team_lock(team), self.store.engine.begin() as conn:  # one gateway process: the lock orders a team's submits
+            if key is not None and (earlier := self.store.job_by_key(conn, team, key)) is not None:
+                return job_record(earlier), False
             n, w, g = self.store.usage(conn, team)
             over = [f"{n} of {quota.max_concurrent_jobs} concurrent jobs are running" if n + 1 > quota.max_concurrent_jobs else "",
                     f"{w} + {workers} workers asked for, over the limit of {quota.max_workers}" if w + workers > quota.max_workers else "",
@@ -115,7 +120,7 @@ class Gateway:
                 raise OverQuota(f"team {team} is over its quota: {'; '.join(over)}; wait for a job to end or cancel one")
             self.store.add_job(conn, id=job_id, team=team, kind=kind, status="SUBMITTING", run_name=spec.run.name,
                                spec=json.dumps(spec.model_dump(mode="json", by_alias=True)), workers=workers, gpus=gpus,
-                               storage_path=str(storage))
+                               storage_path=str(storage), idempotency_key=key)
         meta = {"raydl_gateway_team": team, "raydl_run": spec.run.name, "raydl_kind": kind}
         try:
             self.runner.submit(job_id, kind, spec, meta)
@@ -123,7 +128,7 @@ class Gateway:
             self.store.set_job(job_id, status="FAILED", message=f"not submitted: {e}")
             raise
         self.store.set_job(job_id, status="PENDING")
-        return self.get(caller, job_id)
+        return self.get(caller, job_id), True
 
     # ---- reading and refreshing ----------------------------------------------------------------
 
@@ -158,9 +163,8 @@ class Gateway:
 
     def list(self, caller: Caller, status: str | None, limit: int, offset: int) -> tuple[list[dict], int]:
         team = None if caller.admin else caller.team
-        for row in self.store.jobs(team, None, 1000, 0)[0]:
-            if row.status in ACTIVE:
-                self.refresh(row)
+        for row in self.store.active_jobs(team):
+            self.refresh(row)
         rows, total = self.store.jobs(team, status, limit, offset)
         return [job_record(r, with_spec=False) for r in rows], total
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     func,
@@ -57,6 +58,8 @@ jobs = Table(
     Column("metrics", Text),  # JSON, once SUCCEEDED
     Column("model_dir", Text),
     Column("wandb_dir", Text),  # added by migration 0002
+    Column("idempotency_key", String(200)),  # 0003: unique per team
+    UniqueConstraint("team", "idempotency_key", name="uq_jobs_team_idempotency_key"),
 )
 
 ACTIVE = ("SUBMITTING", "PENDING", "RUNNING")
@@ -103,6 +106,9 @@ class Store:
     def add_job(self, conn, **values: Any) -> None:
         conn.execute(insert(jobs).values(created_at=now(), updated_at=now(), message="", **values))
 
+    def job_by_key(self, conn, team: str, key: str):
+        return conn.execute(select(jobs).where(jobs.c.team == team, jobs.c.idempotency_key == key)).first()
+
     def usage(self, conn, team: str) -> tuple[int, int, float]:
         """(active jobs, workers, GPUs) of the team's active jobs."""
         n, w, g = conn.execute(select(func.count(), func.coalesce(func.sum(jobs.c.workers), 0),
@@ -133,9 +139,12 @@ class Store:
             rows = conn.execute(q.order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit).offset(offset)).all()
             return rows, int(conn.execute(c).scalar())
 
-    def active_jobs(self) -> list:
+    def active_jobs(self, team: str | None = None) -> list:
+        q = select(jobs).where(jobs.c.status.in_(ACTIVE))
+        if team is not None:
+            q = q.where(jobs.c.team == team)
         with self.engine.connect() as conn:
-            return conn.execute(select(jobs).where(jobs.c.status.in_(ACTIVE))).all()
+            return conn.execute(q).all()
 
     # ---- tokens --------------------------------------------------------------------------------
 
