@@ -11,9 +11,11 @@ import httpx
 import pytest
 from gateway_server import auth, make_config, make_token, serve_thread
 from model_dirs import model_dir
+from postgres import running_postgres
 
 from raydl.cli import main
 from raydl.gateway import migrations
+from raydl.gateway.config import config_from_dict
 from raydl.gateway.runner import NoopRunner
 
 SPEC = {"run": {"name": "digits-mlp"}, "data": {"source": "digits"}, "model": {"name": "mlp", "hidden": [16]},
@@ -248,3 +250,19 @@ def test_bad_gateway_config_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "teams" in err and "teams.Team_A.max_workers" in err
     assert main(["gateway", "token", "create", "--config", str(tmp_path / "nope.yaml"), "--team", "a"]) == 2
+
+
+_pg = pytest.fixture(scope="module", name="pg")(running_postgres)
+
+
+@pytest.mark.slow
+def test_on_postgres_migrations_and_submissions(pg, tmp_path):
+    cfg = make_config(tmp_path, database=pg.new_database())
+    migrations.upgrade(config_from_dict(cfg).database_url, "0002")
+    token = make_token(cfg, "team-a")  # upgrades to the head
+    assert migrations.current(config_from_dict(cfg).database_url) == "0003"
+    with serve_thread(cfg) as (url, _):
+        ids = [submit(url, token, {**SPEC, "scaling": {"num_workers": 1}}).json()["id"] for _ in range(3)]
+        assert submit(url, token, {**SPEC, "scaling": {"num_workers": 1}}).status_code == 429
+        listed = httpx.get(f"{url}/v1/jobs", headers=auth(token)).json()
+    assert sorted(j["id"] for j in listed["jobs"]) == sorted(ids) and listed["total"] == 3

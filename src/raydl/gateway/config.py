@@ -56,7 +56,9 @@ class GatewayConfig(BaseModel):
 
     @property
     def database_url(self) -> str:
-        return self.database or f"sqlite:///{self.data_dir / 'gateway.db'}"
+        if not self.database:
+            return f"sqlite:///{self.data_dir / 'gateway.db'}"
+        return re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", self.database)  # psycopg 3, as the registry
 
     def team_dir(self, team: str) -> Path:
         return self.data_dir / "teams" / team
