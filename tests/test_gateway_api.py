@@ -118,7 +118,8 @@ def test_over_quota_is_429_and_a_cancel_frees_it(gw):
     assert big.status_code == 429 and "4 workers asked for, over the limit of 6" in big.json()["detail"]
     assert submit(url, toks["b"]).status_code == 201
     # a job that ends on the cluster without anyone asking the gateway frees its place at once
-    app.state.gateway.runner.stop(httpx.get(f"{url}/v1/jobs?status=RUNNING", headers=auth(toks["b"])).json()["jobs"][0]["id"])
+    app.state.gateway.runner.stop(httpx.get(f"{url}/v1/jobs?status=RUNNING", headers=auth(toks["b"])).json()["jobs"][0]["id"],
+                                  "team-b")
     assert submit(url, toks["b"]).status_code == 201
     gpu = submit(url, toks["a"], {**SPEC, "scaling": {"num_workers": 1, "use_gpu": True}})
     assert gpu.status_code == 429 and "GPUs" in gpu.json()["detail"]
@@ -160,7 +161,7 @@ def test_limits_413_and_no_stack_trace_on_500(gw, tmp_path):
     assert r.status_code == 413 and "at most 1048576 bytes" in r.json()["detail"]
 
     class Broken(NoopRunner):
-        def logs(self, job_id):
+        def logs(self, job_id, team):
             raise ZeroDivisionError("secret internals")
 
     cfg = make_config(tmp_path, limits={"burst": 3, "requests_per_minute": 6})

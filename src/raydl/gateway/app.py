@@ -150,7 +150,7 @@ def create_app(config: GatewayConfig, runner: JobRunner | None = None, *, migrat
 
     if migrate:
         migrations.upgrade(config.database_url)
-    gw = Gateway(config, Store(engine_for(config.database_url)), runner or make_runner(config.runner, config.ray_address))
+    gw = Gateway(config, Store(engine_for(config.database_url)), runner or make_runner(config))
     limiter = RateLimiter(config.limits.requests_per_minute, config.limits.burst)
 
     @asynccontextmanager

@@ -2,7 +2,8 @@
 
     data_dir: /var/lib/raydl-gateway     # SQLite file, runs, registries, drift reports live under it
     database: null                       # a SQLAlchemy URL (postgresql+psycopg://...); default SQLite
-    ray_address: http://127.0.0.1:8265   # the Jobs API; `runner: noop` runs nothing (benchmarks)
+    ray_address: http://127.0.0.1:8265   # the Jobs API; `runner: kuberay` makes RayJobs in each team's
+                                         # namespace instead; `runner: noop` runs nothing (benchmarks)
     teams:
       team-a: {max_concurrent_jobs: 4, max_workers: 8, max_gpus: 0}
     limits: {max_body_bytes: 1048576, requests_per_minute: 600, burst: 60}
@@ -41,8 +42,10 @@ class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     data_dir: Path
     database: str | None = None
-    runner: Literal["ray", "noop"] = "ray"
+    runner: Literal["ray", "kuberay", "noop"] = "ray"
     ray_address: str | None = None
+    kube_context: str | None = Field(None, description="kuberay: the kubeconfig context (in a pod: its ServiceAccount)")
+    kube_image: str | None = Field(None, description="kuberay: the raydl image of each RayJob (default: raydl.kube's)")
     teams: dict[str, Quota] = Field(default_factory=dict)
     limits: Limits = Limits()
 

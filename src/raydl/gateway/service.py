@@ -17,7 +17,7 @@ from typing import Any
 
 from raydl import jobs
 from raydl.datasets import DATASETS
-from raydl.errors import NotFoundError, RaydlError, SpecError
+from raydl.errors import NotFoundError, RaydlError, ResourceError, SpecError
 from raydl.gateway.config import GatewayConfig
 from raydl.gateway.runner import JobRunner
 from raydl.gateway.store import ACTIVE, Store, job_record
@@ -39,6 +39,19 @@ class Problems(RaydlError):
 
 class OverQuota(RaydlError):
     """The submission would take the team over its quota (HTTP 429)."""
+
+
+class ClusterError(ResourceError):
+    """The cluster refused or failed what the gateway asked (HTTP 503): never the caller's 401/404."""
+
+
+def _cluster(fn, job_id: str, team: str):
+    try:
+        return fn(job_id, team)
+    except ClusterError:
+        raise
+    except RaydlError as e:
+        raise ClusterError(f"job {job_id}: the cluster answered: {e}") from None
 
 
 class Forbidden(RaydlError):
@@ -102,7 +115,7 @@ class Gateway:
             raise Forbidden(f"team {team!r} has no quota on this gateway; an admin adds it to gateway.yaml")
         spec = check_spec(raw, kind, self.config.team_dir(team))
         job_id = f"rdg-{team}-{uuid.uuid4().hex[:12]}"
-        storage = self.config.runs_dir(team) / job_id
+        storage = (self.runner.storage_root(team) or self.config.runs_dir(team)) / job_id
         spec = spec.model_copy(update={"run": spec.run.model_copy(update={"storage_path": str(storage)})})
         for row in self.store.active_jobs(team):  # jobs that ended since anyone looked no longer count
             self.refresh(row)
@@ -123,10 +136,10 @@ class Gateway:
                                storage_path=str(storage), idempotency_key=key)
         meta = {"raydl_gateway_team": team, "raydl_run": spec.run.name, "raydl_kind": kind}
         try:
-            self.runner.submit(job_id, kind, spec, meta)
+            self.runner.submit(job_id, team, kind, spec, meta)
         except RaydlError as e:
             self.store.set_job(job_id, status="FAILED", message=f"not submitted: {e}")
-            raise
+            raise ClusterError(f"the cluster did not take job {job_id}: {e}") from None
         self.store.set_job(job_id, status="PENDING")
         return self.get(caller, job_id), True
 
@@ -143,7 +156,7 @@ class Gateway:
         if row.status not in ACTIVE:
             return row
         try:
-            seen = self.runner.status(row.id)
+            seen = self.runner.status(row.id, row.team)
         except RaydlError as e:
             log.warning("cannot refresh %s: %s", row.id, e)
             return row
@@ -172,12 +185,12 @@ class Gateway:
         row = self._row(caller, job_id)
         if row.status == "SUBMITTING" or (row.status == "FAILED" and row.message.startswith("not submitted")):
             return ""
-        return self.runner.logs(job_id)
+        return _cluster(self.runner.logs, job_id, row.team)
 
     def cancel(self, caller: Caller, job_id: str) -> dict[str, Any]:
         row = self.refresh(self._row(caller, job_id))
         if row.status in ACTIVE:
-            self.runner.stop(job_id)
+            _cluster(self.runner.stop, job_id, row.team)
         return self.get(caller, job_id)
 
     def reconcile(self) -> dict[str, int]:
@@ -185,7 +198,7 @@ class Gateway:
         counts: dict[str, int] = {}
         for row in self.store.active_jobs():
             try:
-                seen = self.runner.status(row.id)
+                seen = self.runner.status(row.id, row.team)
             except RaydlError as e:
                 log.warning("reconcile: cannot reach the cluster for %s: %s", row.id, e)
                 continue
