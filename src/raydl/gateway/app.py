@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from raydl.errors import AuthError, NotFoundError, RaydlError, ResourceError
 from raydl.gateway import tokens
 from raydl.gateway.config import GatewayConfig
-from raydl.gateway.limits import BodyLimit, RateLimiter
+from raydl.gateway.limits import BodyLimit, FailedAuth, RateLimiter
 from raydl.gateway.runner import JobRunner, make_runner
 from raydl.gateway.service import Forbidden, Gateway, OverQuota, Problems
 from raydl.gateway.store import STATUSES, Store, engine_for
@@ -152,6 +152,7 @@ def create_app(config: GatewayConfig, runner: JobRunner | None = None, *, migrat
         migrations.upgrade(config.database_url)
     gw = Gateway(config, Store(engine_for(config.database_url)), runner or make_runner(config))
     limiter = RateLimiter(config.limits.requests_per_minute, config.limits.burst)
+    failures = FailedAuth()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -175,7 +176,14 @@ def create_app(config: GatewayConfig, runner: JobRunner | None = None, *, migrat
             raise AuthError("use Authorization: Bearer <token>")
         if not presented:
             raise AuthError("no token: send Authorization: Bearer <token> (`raydl gateway token create` makes one)")
-        who = tokens.verify(gw.store, presented.strip(), gw.verified)
+        ip = request.client.host if request.client else "?"
+        if failures.blocked(ip):  # guessing tokens costs a hash each: a client that keeps failing waits first
+            raise _RateLimited(failures.blocked(ip))
+        try:
+            who = tokens.verify(gw.store, presented.strip(), gw.verified)
+        except AuthError:
+            failures.failed(ip)
+            raise
         wait = limiter.take(who.token_id)
         if wait:
             raise _RateLimited(wait)

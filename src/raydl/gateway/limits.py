@@ -73,3 +73,20 @@ class RateLimiter:
                 return 0.0
             self._buckets[key] = (level, now)
             return (1 - level) / self.rate
+
+
+class FailedAuth:
+    """Failed authentications per client address: after `burst` in a row (refilled at `per_minute`),
+    the address waits before its next token is even hashed (429)."""
+
+    def __init__(self, per_minute: float = 30, burst: int = 20) -> None:
+        self.bucket = RateLimiter(per_minute, burst)
+        self._until: dict[str, float] = {}
+
+    def blocked(self, key: str) -> float:
+        return max(0.0, self._until.get(key, 0.0) - time.monotonic())
+
+    def failed(self, key: str) -> None:
+        wait = self.bucket.take(key)
+        if wait:
+            self._until[key] = time.monotonic() + wait

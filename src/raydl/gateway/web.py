@@ -123,8 +123,11 @@ def install(app: FastAPI, gw: Gateway) -> None:
                 events = "".join(f"<li>{escape(e['at'])}: {escape(e['action'])} v{e['version']}"
                                  f"{' as ' + escape(e['alias']) if e['alias'] else ''}</li>" for e in h["events"])
                 aliases = ", ".join(f"{escape(a)} → v{v}" for a, v in sorted(h["aliases"].items())) or "none"
+                versions = "".join(f"<tr><td>v{v['version']}</td><td>{escape(str(v['created_at']))}</td>"
+                                   f"<td>{escape(str(v['source_run'] or '-'))}</td></tr>" for v in h["versions"])
                 parts.append(f"<h2 class='model'>{escape(m['name'])}</h2><p>{m['versions']} version(s); aliases: {aliases}"
-                             f"</p><ul class='lineage'>{events}</ul>")
+                             f"</p><table class='versions'><tr><th>version</th><th>registered</th><th>from run</th></tr>"
+                             f"{versions}</table><h3>History</h3><ul class='lineage'>{events}</ul>")
         return page("Models", "".join(parts) or "<p>no models registered yet</p>", caller.team)
 
     @app.get("/ui/drift", include_in_schema=False)
