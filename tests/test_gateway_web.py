@@ -15,6 +15,10 @@ import httpx
 import pytest
 from clusters import free_port
 from gateway_server import auth, make_config, make_token, serve_thread
+from model_dirs import model_dir
+
+from raydl.gateway.config import config_from_dict
+from raydl.model_registry.api import ModelRegistry
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not on PATH")]
@@ -95,6 +99,12 @@ def test_each_team_sees_only_its_jobs_in_the_browser(tmp_path):
             ids[team] = [httpx.post(f"{url}/v1/jobs", headers=auth(tok), timeout=30,
                                     json={"spec": {**SPEC, "run": {"name": f"web-{team}{i}"}}}).json()["id"] for i in range(2)]
         httpx.post(f"{url}/v1/jobs/{ids['a'][1]}/cancel", headers=auth(a))
+        folder = config_from_dict(cfg).registry_dir("team-a")
+        folder.mkdir(parents=True)
+        with ModelRegistry(folder) as reg:
+            reg.register(model_dir(tmp_path / "m1", run_name="web-a0"), "iris-a")
+            reg.register(model_dir(tmp_path / "m2", run_name="web-a1"), "iris-a")
+            reg.promote("iris-a", 2, "production")
         browser = Browser()
         try:
             browser.call("Network.enable")
@@ -106,9 +116,13 @@ def test_each_team_sees_only_its_jobs_in_the_browser(tmp_path):
             assert 'id="status">RUNNING<' in job and "noop runner: job" in job and "web-a0" in job
             other = browser.go(f"{url}/ui/jobs/{ids['b'][0]}", f"/ui/jobs/{ids['b'][0]}")
             assert "Not found" in other and "web-b0" not in other
+            models = browser.go(f"{url}/ui/models", "/ui/models")
+            assert "iris-a" in models and "production → v2" in models and models.count("<tr><td>v") == 2
+            assert "register v1" in models and "promote v2 as production" in models  # the history, oldest first
             html = browser.sign_in(url, b)
             assert 'id="team">team-b<' in html
             assert all(i in html for i in ids["b"]) and not any(i in html for i in ids["a"]), html
+            assert "iris-a" not in browser.go(f"{url}/ui/models", "/ui/models")
             browser.call("Network.clearBrowserCookies")
             assert "Sign in" in browser.go(f"{url}/ui/models", "/ui/login")
             browser.go(f"{url}/ui/login", "/ui/login")
