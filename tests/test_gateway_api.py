@@ -164,7 +164,12 @@ def test_limits_413_and_no_stack_trace_on_500(gw, tmp_path):
         def logs(self, job_id, team):
             raise ZeroDivisionError("secret internals")
 
-    cfg = make_config(tmp_path, limits={"burst": 3, "requests_per_minute": 6})
+        def submit(self, job_id, team, kind, spec, metadata):
+            if spec.run.name == "explode":
+                raise ZeroDivisionError("secret internals")
+            super().submit(job_id, team, kind, spec, metadata)
+
+    cfg = make_config(tmp_path, limits={"burst": 5, "requests_per_minute": 0.5})
     token = make_token(cfg, "team-a")
     with serve_thread(cfg, Broken()) as (u2, _):
         job = submit(u2, token)
@@ -172,7 +177,11 @@ def test_limits_413_and_no_stack_trace_on_500(gw, tmp_path):
         r = httpx.get(f"{u2}/v1/jobs/{job.json()['id']}/logs", headers=auth(token))
         assert r.status_code == 500 and r.json()["error_id"] in r.json()["detail"]
         assert "Traceback" not in r.text and "secret internals" not in r.text and "ZeroDivision" not in r.text
-        codes = [httpx.get(f"{u2}/v1/jobs", headers=auth(token)) for _ in range(3)]  # burst 3: 2 used above
+        r = submit(u2, token, {**SPEC, "run": {"name": "explode"}})  # the hand-over fails unexpectedly
+        assert r.status_code == 500 and "secret" not in r.text
+        (failed,) = [j for j in httpx.get(f"{u2}/v1/jobs?status=FAILED", headers=auth(token)).json()["jobs"]]
+        assert failed["run_name"] == "explode" and failed["message"] == "not submitted: ZeroDivisionError"
+        codes = [httpx.get(f"{u2}/v1/jobs", headers=auth(token)) for _ in range(3)]  # burst 5: 4 used above
         assert [c.status_code for c in codes] == [200, 429, 429]
         r = codes[-1]
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "rate limit" in r.json()["detail"]

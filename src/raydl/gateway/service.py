@@ -137,10 +137,12 @@ class Gateway:
         meta = {"raydl_gateway_team": team, "raydl_run": spec.run.name, "raydl_kind": kind}
         try:
             self.runner.submit(job_id, team, kind, spec, meta)
-        except RaydlError as e:
-            self.store.set_job(job_id, status="FAILED", message=f"not submitted: {e}")
-            raise ClusterError(f"the cluster did not take job {job_id}: {e}") from None
-        self.store.set_job(job_id, status="PENDING")
+        except Exception as e:  # nothing stays SUBMITTING (holding quota) after a failed hand-over
+            self.store.set_job(job_id, status="FAILED", message=f"not submitted: {str(e)[:500] if isinstance(e, RaydlError) else type(e).__name__}")
+            if isinstance(e, RaydlError):
+                raise ClusterError(f"the cluster did not take job {job_id}: {e}") from None
+            raise
+        self.store.set_job(job_id, only_if="SUBMITTING", status="PENDING")  # a refresh may have seen it run already
         return self.get(caller, job_id), True
 
     # ---- reading and refreshing ----------------------------------------------------------------

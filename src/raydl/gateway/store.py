@@ -116,12 +116,16 @@ class Store:
                                .where(jobs.c.team == team, jobs.c.status.in_(ACTIVE))).one()
         return int(n), int(w), float(g)
 
-    def set_job(self, job_id: str, **values: Any) -> None:
+    def set_job(self, job_id: str, only_if: str | None = None, **values: Any) -> None:
+        """Update a job (only while its status is `only_if`, when given)."""
         values["updated_at"] = now()
         if values.get("status") in TERMINAL:
             values.setdefault("ended_at", now())
+        q = update(jobs).where(jobs.c.id == job_id)
+        if only_if is not None:
+            q = q.where(jobs.c.status == only_if)
         with self.engine.begin() as conn:
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+            conn.execute(q.values(**values))
 
     def job(self, job_id: str, team: str | None = None):
         q = select(jobs).where(jobs.c.id == job_id)
