@@ -9,6 +9,7 @@ import sqlite3
 
 import httpx
 import pytest
+from clusters import REPO
 from gateway_server import auth, make_config, make_token, serve_thread
 from model_dirs import model_dir
 from postgres import running_postgres
@@ -254,6 +255,35 @@ def test_migrations_keep_the_history_and_reconcile_fails_what_never_reached_ray(
         jobs = {j["id"]: j for j in httpx.get(f"{url}/v1/jobs", headers=auth(token)).json()["jobs"]}
     assert jobs["old-1"]["status"] == "SUCCEEDED" and jobs["old-1"]["wandb_dir"] is None
     assert jobs["lost-1"]["status"] == "FAILED" and jobs["lost-1"]["message"] == NEVER_SUBMITTED
+
+
+def test_the_background_refresh_keeps_the_history_true_without_reads(tmp_path):
+    import time
+
+    from raydl.gateway.store import Store, engine_for
+
+    cfg = make_config(tmp_path, refresh_s=0.2)
+    token = make_token(cfg, "team-a")
+    with serve_thread(cfg) as (url, app):
+        job_id = submit(url, token).json()["id"]
+        app.state.gateway.runner.stop(job_id, "team-a")  # it ends on the cluster; nobody asks the gateway
+        store = Store(engine_for(config_from_dict(cfg).database_url))
+        deadline = time.monotonic() + 10
+        while store.job(job_id).status != "STOPPED":
+            assert time.monotonic() < deadline, store.job(job_id).status
+            time.sleep(0.1)
+        store.engine.dispose()
+
+
+def test_the_shipped_gateway_configs_are_valid():
+    import yaml
+
+    from raydl.gateway.config import load_config
+
+    shipped = load_config(REPO / "services" / "gateway" / "gateway.yaml")
+    assert shipped.runner == "ray" and set(shipped.teams) == {"team-a", "team-b"}
+    k8s = (REPO / "k8s" / "base" / "gateway" / "config.yaml").read_text()
+    assert config_from_dict(yaml.safe_load(yaml.safe_load(k8s)["data"]["gateway.yaml"])).runner == "ray"
 
 
 def test_bad_gateway_config_is_one_line_exit_2(tmp_path, capsys):

@@ -4,6 +4,7 @@ logged with an id and answered 500 with that id, never a stack trace."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -158,7 +159,9 @@ def create_app(config: GatewayConfig, runner: JobRunner | None = None, *, migrat
     async def lifespan(app: FastAPI):
         counts = await run_in_threadpool(gw.reconcile)
         log.info("reconciled active jobs from the cluster: %s", counts or "none")
+        loop = asyncio.create_task(_refresh_loop(gw, config.refresh_s))
         yield
+        loop.cancel()
         gw.store.engine.dispose()
 
     app = FastAPI(title="raydl gateway", version="1", lifespan=lifespan,
@@ -309,6 +312,15 @@ def create_app(config: GatewayConfig, runner: JobRunner | None = None, *, migrat
 
     web.install(app, gw)
     return app
+
+
+async def _refresh_loop(gw: Gateway, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await run_in_threadpool(gw.refresh_active)
+        except Exception:  # noqa: BLE001 (logged; the loop goes on)
+            log.exception("background refresh failed")
 
 
 class _RateLimited(Exception):

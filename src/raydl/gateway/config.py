@@ -48,6 +48,7 @@ class GatewayConfig(BaseModel):
     kube_image: str | None = Field(None, description="kuberay: the raydl image of each RayJob (default: raydl.kube's)")
     teams: dict[str, Quota] = Field(default_factory=dict)
     limits: Limits = Limits()
+    refresh_s: float = Field(15.0, gt=0, description="how often active jobs are refreshed from the cluster in the background")
 
     @field_validator("teams")
     @classmethod

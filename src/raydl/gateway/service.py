@@ -213,6 +213,12 @@ class Gateway:
             counts[new] = counts.get(new, 0) + 1
         return counts
 
+    def refresh_active(self) -> None:
+        """Every active job takes the cluster's status (the background loop): the history stays true
+        and finished jobs free their quota even when nobody is looking."""
+        for row in self.store.active_jobs():
+            self.refresh(row)
+
     def usage(self) -> list[dict[str, Any]]:
         out = []
         with self.store.engine.connect() as conn:

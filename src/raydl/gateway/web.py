@@ -19,10 +19,11 @@ td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}pre{backgrou
 .SUCCEEDED{color:#070}.FAILED{color:#b00}.RUNNING,.PENDING,.SUBMITTING{color:#a60}.STOPPED{color:#666}nav a{margin-right:1em}"""
 
 
-def page(title: str, body: str, team: str | None = None) -> HTMLResponse:
+def page(title: str, body: str, team: str | None = None, refresh_s: int | None = None) -> HTMLResponse:
     nav = (f'<nav><a href="/ui">jobs</a><a href="/ui/models">models</a><a href="/ui/drift">drift reports</a>'
            f'<a href="/ui/logout">sign out</a> team <b id="team">{escape(team)}</b></nav>') if team else ""
-    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+    meta = f"<meta http-equiv='refresh' content='{refresh_s}'>" if refresh_s else ""
+    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'>{meta}<title>{escape(title)}</title>"
                         f"<style>{STYLE}</style></head><body>{nav}<h1>{escape(title)}</h1>{body}</body></html>")
 
 
@@ -78,7 +79,8 @@ def install(app: FastAPI, gw: Gateway) -> None:
             for r in rows)
         body = (f"<p>{total} job(s)</p><table id='jobs'><tr><th>job</th><th>run</th><th>status</th><th>workers</th>"
                 f"<th>metrics</th><th>submitted</th></tr>{trs}</table>" if rows else "<p id='jobs'>no jobs yet</p>")
-        return page("Jobs", body, caller.team)
+        active = any(r["status"] in ("SUBMITTING", "PENDING", "RUNNING") for r in rows)
+        return page("Jobs", body, caller.team, refresh_s=10 if active else None)
 
     @app.get("/ui/jobs/{job_id}", include_in_schema=False)
     def job_page(request: Request, job_id: str):
@@ -103,7 +105,8 @@ def install(app: FastAPI, gw: Gateway) -> None:
                 f"<h2>Drift reports</h2><ul>{reports or '<li>none for this run</li>'}</ul>"
                 f"<h2>Spec</h2><pre>{escape(json.dumps(job['spec'], indent=2))}</pre>"
                 f"<h2>Logs</h2><pre id='logs'>{escape(logs[-200_000:])}</pre>")
-        return page(f"Job {job_id}", body, caller.team)
+        return page(f"Job {job_id}", body, caller.team,
+                    refresh_s=5 if job["status"] in ("SUBMITTING", "PENDING", "RUNNING") else None)
 
     @app.get("/ui/models", include_in_schema=False)
     def models_page(request: Request):
