@@ -141,6 +141,27 @@ def test_a_retry_with_the_same_idempotency_key_gets_the_same_job(gw):
     cancel_all(url, toks["b"])
 
 
+def test_raydl_submit_and_jobs_through_the_gateway(gw, capfd, monkeypatch):
+    url, toks, _, _ = gw
+    cancel_all(url, toks["b"])
+    monkeypatch.delenv("RAYDL_GATEWAY_TOKEN", raising=False)
+    assert main(["submit", str(REPO / "configs" / "digits_mlp.yaml"), "--gateway", url]) == 2
+    assert "set RAYDL_GATEWAY_TOKEN" in capfd.readouterr().err
+    monkeypatch.setenv("RAYDL_GATEWAY_TOKEN", toks["b"])
+    assert main(["submit", str(REPO / "configs" / "digits_mlp.yaml"), "scaling.num_workers=1", "--gateway", url, "--json"]) == 0
+    job = json.loads(capfd.readouterr().out)
+    assert job["team"] == "team-b" and job["workers"] == 1
+    assert main(["jobs", "list", "--gateway", url]) == 0
+    assert job["id"] in capfd.readouterr().out
+    assert main(["jobs", "logs", job["id"], "--gateway", url]) == 0
+    assert "noop runner" in capfd.readouterr().out
+    assert main(["jobs", "stop", job["id"], "--gateway", url, "--json"]) == 0
+    assert json.loads(capfd.readouterr().out)["status"] == "STOPPED"
+    monkeypatch.setenv("RAYDL_GATEWAY_TOKEN", toks["a"])
+    assert main(["jobs", "status", job["id"], "--gateway", url]) == 2  # another team's job
+    assert "HTTP 404" in capfd.readouterr().err
+
+
 def test_an_invalid_spec_is_422_with_every_problem_and_its_path(gw):
     url, toks, _, _ = gw
     bad = {"run": {"name": "x"}, "data": {"source": "/etc/passwd"}, "optimizer": {"lr": -1},

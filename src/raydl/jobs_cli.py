@@ -123,6 +123,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def _jobs(args: argparse.Namespace) -> int:
     if args.action != "list" and not args.job_id:
         raise SpecError(f"raydl jobs {args.action}: give a JOB_ID (`raydl jobs list` shows them)")
+    if args.gateway:
+        from raydl.gateway import client
+
+        return client.jobs(args, _emit)
     if args.k8s:
         from raydl import kube_cli
 
@@ -182,6 +186,7 @@ def add_parser(sub) -> None:
     j.add_argument("action", choices=["list", "status", "logs", "stop"])
     j.add_argument("job_id", nargs="?", help="the submission id `raydl submit` printed (the RayJob name with --k8s)")
     j.add_argument("--address", help="the Jobs API, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)")
+    j.add_argument("--gateway", metavar="URL", help="jobs of your team on a team gateway (token: RAYDL_GATEWAY_TOKEN)")
     j.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
     j.add_argument("--json", action="store_true")
     _k8s_flags(j)
