@@ -51,13 +51,14 @@ def install(app: FastAPI, gw: Gateway) -> None:
                     "<button type='submit'>Sign in</button></form>")
 
     @app.post("/ui/login", include_in_schema=False)
-    def login(token: str = Form(..., max_length=200)):
+    def login(request: Request, token: str = Form(..., max_length=200)):
         try:
             tokens.verify(gw.store, token.strip(), gw.verified)
         except AuthError:
             return RedirectResponse("/ui/login?error=invalid+or+revoked+token", status_code=303)
         resp = RedirectResponse("/ui", status_code=303)
-        resp.set_cookie("raydl_gateway_token", token.strip(), httponly=True, samesite="strict", max_age=8 * 3600)
+        resp.set_cookie("raydl_gateway_token", token.strip(), httponly=True, samesite="strict", max_age=8 * 3600,
+                        secure=request.url.scheme == "https")  # behind TLS, never sent in clear
         return resp
 
     @app.get("/ui/logout", include_in_schema=False)
