@@ -119,6 +119,7 @@ def test_end_to_end_digits_through_the_gateway(platform):
     assert final["id"] == job_id and final["status"] == "SUCCEEDED", final
     assert "epoch 1/1" in err  # the followed logs
     assert final["metrics"]["val_accuracy"] > 0.5
+    print(f"digits through the gateway, 1 epoch, 1 worker: val_accuracy={final['metrics']['val_accuracy']:.4f}")
     model = Path(final["model_dir"])
     assert {"weights.pt", "spec.yaml", "manifest.json"} <= {p.name for p in model.iterdir()}
     assert str(model).startswith(platform["cfg"]["data_dir"] + f"/teams/team-a/runs/{job_id}/")
