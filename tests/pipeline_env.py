@@ -47,7 +47,8 @@ def champion(tmp: Path, window: Path, name: str = "digits-continual", alias: str
     from raydl.model_registry.api import ModelRegistry
 
     mdir = model_dir(tmp / "champion-run" / "model", source=str(window), steps=80, profile=True,
-                     data={"source": str(window), "label": "digit", "classes": CLASSES})
+                     data={"source": str(window), "label": "digit", "classes": CLASSES},
+                     model={"name": "mlp", "hidden": [64]})  # the shipped pipeline's model
     with ModelRegistry(tmp / "registry") as reg:
         v = reg.register(mdir, name)
         reg.promote(name, v["version"], alias)

@@ -167,6 +167,17 @@ def test_unknown_registry_model_or_alias(tmp_path, served, windows, capsys):
     _no_pass(p)
 
 
+def test_a_second_pass_of_a_running_pipeline_is_refused(tmp_path, served, windows, capsys):
+    from raydl.runlock import RunLock
+
+    p = pipeline_file(tmp_path, windows)
+    spec = load_pipeline(p)
+    with RunLock(spec.home.parent / f".{spec.name}.pipeline.lock", run="held by the test"):
+        assert main(["pipeline", "run", str(p)]) == 2
+    assert "a pass of pipeline digits-continual is already running (pid" in _err(capsys)
+    _no_pass(p)
+
+
 def test_window_whose_columns_do_not_match_the_champion(tmp_path, served, windows, capsys):
     bad = tmp_path / "bad-windows"
     bad.mkdir()
@@ -286,7 +297,69 @@ def test_state_records_steps_once(tmp_path):
         assert st.unfinished()["id"] == pid
         st.finish(pid, "skipped", {"action": "skip"}, {})
         assert st.unfinished() is None and st.rows_since_retrain() == 10
-        assert st.earlier_holdouts(pid + 1) == ["/h"]
+        assert st.earlier(pid + 1) == ["/h"] and st.earlier(pid) == []
 
 
 _ = pa  # pyarrow is used through pq
+
+
+# ---- scheduling ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_schedule_never_overlaps_and_coalesces_missed_runs(tmp_path, served, windows):
+    """Every 2 s, passes that take about 3 s (a slow webhook): they run one after the other, the fire
+    times a pass runs over become one pass, and Ctrl-C stops the process cleanly."""
+    import json
+    import signal
+    import time
+
+    from pipeline_env import cli_env, raydl
+
+    data = tmp_path / "calm"
+    data.mkdir()
+    for i in range(6):
+        shutil.copy(windows / "01-baseline.parquet", data / f"w{i}.parquet")
+    hook = Webhook(delay_s=3.0)
+    p = pipeline_file(tmp_path, data, trigger={"drift": None, "new_rows": 10**9}, notify={"webhook": hook.url})
+    proc = raydl("pipeline", "schedule", str(p), "--cron", "* * * * * */2", env=cli_env(tmp_path))
+    try:
+        spec = load_pipeline(p)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if (spec.home / "state.db").exists():
+                with State(spec.home) as st:
+                    if sum(x["status"] == "done" for x in st.passes()) >= 3:
+                        break
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        hook.close()
+    assert proc.returncode == 0, err
+    assert "stopped" in out and "coalesced into one pass" in out, out
+    with State(spec.home) as st:
+        done = [x for x in st.passes() if x["status"] == "done"]
+    assert len(done) >= 3 and hook.max_in_flight == 1
+    for a, b in zip(done, done[1:]):
+        assert a["finished_at"] <= b["started_at"], "passes overlapped"
+        assert b["started_at"] - a["finished_at"] < 1.5, "a missed run was not run at once when the pass ended"
+    # coalesced: one pass per pass-length (3 s), not one per fire time (2 s) piling up
+    span = done[-1]["finished_at"] - done[0]["started_at"]
+    assert len(done) <= span / 3.0 + 1
+    assert [x["window"] for x in done] == [f"w{i}" for i in range(len(done))]
+    status = subprocess_out(["pipeline", "status", str(p), "--json"], tmp_path)
+    assert json.loads(status)["windows_done"] == len(done)
+
+
+def subprocess_out(args: list[str], tmp: Path) -> str:
+    import subprocess
+    import sys
+
+    from pipeline_env import cli_env
+
+    r = subprocess.run([sys.executable, "-m", "raydl.cli", *args], env=cli_env(tmp), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout

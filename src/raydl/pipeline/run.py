@@ -27,7 +27,7 @@ from typing import Any
 from raydl.errors import RaydlError
 from raydl.pipeline import gate as gates
 from raydl.pipeline import steps
-from raydl.pipeline.spec import PipelineSpec
+from raydl.pipeline.spec import FROM_SCRATCH, PipelineSpec
 from raydl.pipeline.state import State
 from raydl.pipeline.windows import find, list_windows, read_window, split_holdout
 
@@ -160,6 +160,20 @@ def _wandb(spec: PipelineSpec, pdir: Path, pass_id: int, lineage: dict, metrics:
     return rid
 
 
+def _job(spec: PipelineSpec, st: State, pass_id: int, pdir: Path, wout: dict, champ_dir: str | None):
+    """The retraining job of this pass: on the window's train part, or (from_scratch) on the
+    train parts of every window so far."""
+    data = wout["train"]
+    if spec.retrain.strategy == FROM_SCRATCH and st.earlier(pass_id, "train"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        parts = [pq.read_table(p) for p in [*st.earlier(pass_id, "train"), data]]
+        data = steps.write_parquet(pa.concat_tables(parts), pdir / "train-all.parquet")
+    return steps.job_spec(spec, run_name=f"{spec.name}-p{pass_id}", storage=pdir / "train", train_data=data,
+                          champion_dir=champ_dir)
+
+
 def run_pass(spec: PipelineSpec, *, window: str | None = None, force: bool = False, address: str | None = None,
              say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """One pass over `window` (default: the interrupted pass, else the next window not done)."""
@@ -261,10 +275,8 @@ def _pass(spec, st: State, reg, window, force, address, say) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     rout = gdec = pout = cout = None
     if tdec["action"] == "retrain":
-        job = steps.job_spec(spec, run_name=f"{spec.name}-p{pass_id}", storage=pdir / "train",
-                             train_data=wout["train"], champion_dir=champ_dir)
-        rout = step("retrain", lambda: steps.retrain(job, address))
-        old = st.earlier_holdouts(pass_id)
+        rout = step("retrain", lambda: steps.retrain(_job(spec, st, pass_id, pdir, wout, champ_dir), address))
+        old = st.earlier(pass_id)
 
         def do_evaluate() -> dict:
             m = steps.score(rout["model_dir"], wout["holdout"], old, "challenger")

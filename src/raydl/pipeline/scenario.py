@@ -4,7 +4,8 @@
     01-baseline      clean digits, every class             -> the first champion
     02-shifted       the same digits with sensor noise     -> drift -> retrain -> promoted
     03-like-shifted  more noisy digits, like 02            -> no drift -> skipped
-    04-bad-retrain   noisy digits of classes 0-4 only      -> drift; naive fine-tuning forgets 5-9 -> rejected
+    04-bad-retrain   noisy digits of classes 0-4 only, moved one pixel right (a new camera)
+                     -> drift; naive fine-tuning forgets 5-9 -> rejected
 
     python -m raydl.pipeline.scenario OUT_DIR [--seed 0]
 """
@@ -41,6 +42,10 @@ def digits_windows(out: str | Path, seed: int = 0) -> list[Path]:
         pool = np.flatnonzero(y < 5) if name == "04-bad-retrain" else np.arange(len(y))
         idx = rng.choice(pool, size=n, replace=False)
         xs = x[idx].copy()
+        if name == "04-bad-retrain":
+            img = xs.reshape(-1, 8, 8)
+            img[:, :, 1:], img[:, :, 0] = img[:, :, :-1].copy(), 0.0
+            xs = img.reshape(-1, 64)
         if name != "01-baseline":
             xs = np.clip(xs + rng.normal(0.0, NOISE, xs.shape), 0.0, 16.0)
         buf = pa.BufferOutputStream()

@@ -97,11 +97,11 @@ class State:
         return int(self.db.execute("SELECT COALESCE(SUM(rows), 0) FROM passes WHERE status = 'done' AND id > ?",
                                    (last or 0,)).fetchone()[0])
 
-    def earlier_holdouts(self, pass_id: int) -> list[str]:
-        """The holdout files of the windows done before this pass (the old data)."""
+    def earlier(self, pass_id: int, part: str = "holdout") -> list[str]:
+        """The `part` files (holdout: the old data; train) of the windows done before this pass."""
         rows = self.db.execute("SELECT s.output FROM steps s JOIN passes p ON p.id = s.pass_id WHERE s.step = 'window' "
                                "AND p.status = 'done' AND p.id < ? ORDER BY p.id", (pass_id,))
-        return [json.loads(r[0])["holdout"] for r in rows]
+        return [json.loads(r[0])[part] for r in rows]
 
     # ---- steps ---------------------------------------------------------------------------------
 
