@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -300,8 +299,6 @@ def test_state_records_steps_once(tmp_path):
         assert st.earlier(pid + 1) == ["/h"] and st.earlier(pid) == []
 
 
-_ = pa  # pyarrow is used through pq
-
 
 # ---- scheduling ------------------------------------------------------------------------------
 
@@ -363,3 +360,20 @@ def subprocess_out(args: list[str], tmp: Path) -> str:
     r = subprocess.run([sys.executable, "-m", "raydl.cli", *args], env=cli_env(tmp), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return r.stdout
+
+
+def test_windows_under_an_object_store_prefix(s3_session, windows):
+    from raydl import storage
+    from raydl.pipeline.windows import read_window
+
+    base = s3_session.uri("pipeline-windows")
+    for name in ("02-shifted", "01-baseline"):
+        storage.write_bytes_atomic(storage.join(base, f"{name}.parquet"), (windows / f"{name}.parquet").read_bytes())
+    found = list_windows(base)
+    assert [w.name for w in found] == ["01-baseline", "02-shifted"]
+    t = read_window(found[1], [f"px{i:02d}" for i in range(64)], "digit")
+    assert t.num_rows == pq.read_table(windows / "02-shifted.parquet").num_rows
+    from raydl.errors import DataError
+
+    with pytest.raises(DataError, match="nothing under"):
+        list_windows(s3_session.uri("no-such-prefix"))

@@ -3,7 +3,7 @@
 A window is one partition of new labelled data: a Parquet/CSV file or a directory of them. The
 pipeline's `data.location` is a directory (its entries, not hidden, ordered by name with the
 numbers in names compared as numbers, so `2026-12-01`, `part-9`, `part-10` come in order), a glob,
-or an explicit list (kept in its order). Which windows are done is kept in the state database
+or an explicit list (kept in its order); a directory may be an object-store prefix (`s3://...`). Which windows are done is kept in the state database
 (`raydl.pipeline.state`), so the next window is the first one not done.
 """
 
@@ -49,6 +49,15 @@ def list_windows(location: str | list[str]) -> list[Window]:
         for p in paths:
             if "://" not in p and not Path(p).expanduser().exists():
                 raise DataError(f"data.location: no file or directory at {p!r} (a window the pipeline lists)")
+    elif "://" in location:  # an object-store prefix (s3://bucket/windows/)
+        from raydl import storage
+
+        names = [n for n in storage.listdir(location) if not n.startswith((".", "_"))
+                 and (Path(n).suffix in SUFFIXES or not Path(n).suffix)]
+        if not names:
+            raise DataError(f"data.location: nothing under {location!r} (it does not exist or is empty); "
+                            "give a prefix that holds the windows")
+        paths = sorted((storage.join(location, n) for n in names), key=lambda p: _natural(_name(p)))
     elif any(c in location for c in "*?["):
         paths = sorted((p for p in glob.glob(str(Path(location).expanduser())) if _usable(Path(p))),
                        key=lambda p: _natural(_name(p)))
