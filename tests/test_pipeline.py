@@ -256,6 +256,24 @@ def test_a_calm_window_is_skipped_recorded_once_and_notified(tmp_path, served, w
         hook.close()
 
 
+def test_a_step_that_fails_ends_the_pass_as_failed(tmp_path, windows, capsys):
+    v = champion(tmp_path, windows / "01-baseline.parquet")
+    (Path(v["artifact_uri"]) / "profile.json").unlink()
+    data = tmp_path / "one"
+    data.mkdir()
+    shutil.copy(windows / "01-baseline.parquet", data / "a.parquet")
+    p = pipeline_file(tmp_path, data)
+    assert main(["pipeline", "run", str(p)]) == 2
+    line = _err(capsys)
+    assert "pass 1 failed at step drift:" in line and "profile" in line and "--window a --force" in line
+    assert main(["pipeline", "run", str(p)]) == 0  # the schedule would go on: nothing left
+    assert "no new window" in capsys.readouterr().out
+    assert main(["pipeline", "run", str(p), "--window", "a"]) == 2  # --force would process it again
+    assert "already processed by pass 1 (failed)" in _err(capsys)
+    with State(load_pipeline(p).home) as st:
+        assert [(x["status"], x["outcome"]) for x in st.passes()] == [("done", "failed")]
+
+
 # ---- Kubernetes -------------------------------------------------------------------------------
 
 

@@ -235,7 +235,18 @@ def _pass(spec, st: State, reg, window, force, address, say) -> dict[str, Any]:
         _test_hook(name)
         say(f"  {name} ...")
         t0 = time.time()
-        out = fn()
+        try:
+            out = fn()
+        except RaydlError as e:
+            if name == "promote":  # the registry may be busy: the pass stays open and the next run redoes it
+                raise
+            # A problem a person must fix (bad data for training, a profile missing, ...): the pass ends
+            # as failed, so a schedule goes on to the next window; --window W --force retries this one.
+            wname = w.name if w else open_["window"]
+            st.finish(pass_id, "failed", {"action": "fail", "reasons": [f"{name}: {e}"], "checks": []},
+                      {"pipeline": spec.name, "pass": pass_id, "window": wname, "failed_step": name, "error": str(e)})
+            raise PipelineError(f"pass {pass_id} failed at step {name}: {e} (the window {wname!r} is recorded as failed; "
+                                f"fix the cause, then `raydl pipeline run --window {wname} --force`)") from None
         st.record(pass_id, name, t0, out)
         return out
 

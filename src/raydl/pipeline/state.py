@@ -93,14 +93,15 @@ class State:
 
     def rows_since_retrain(self) -> int:
         """Labelled rows of the windows done since the last pass that retrained."""
-        last = self.db.execute("SELECT MAX(id) FROM passes WHERE status = 'done' AND outcome != 'skipped'").fetchone()[0]
+        last = self.db.execute("SELECT MAX(id) FROM passes WHERE status = 'done' AND outcome IN ('promoted', 'rejected')"
+                               ).fetchone()[0]
         return int(self.db.execute("SELECT COALESCE(SUM(rows), 0) FROM passes WHERE status = 'done' AND id > ?",
                                    (last or 0,)).fetchone()[0])
 
     def earlier(self, pass_id: int, part: str = "holdout") -> list[str]:
         """The `part` files (holdout: the old data; train) of the windows done before this pass."""
         rows = self.db.execute("SELECT s.output FROM steps s JOIN passes p ON p.id = s.pass_id WHERE s.step = 'window' "
-                               "AND p.status = 'done' AND p.id < ? ORDER BY p.id", (pass_id,))
+                               "AND p.status = 'done' AND p.outcome != 'failed' AND p.id < ? ORDER BY p.id", (pass_id,))
         return [json.loads(r[0])[part] for r in rows]
 
     # ---- steps ---------------------------------------------------------------------------------
