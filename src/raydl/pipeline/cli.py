@@ -116,7 +116,11 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     if args.out:
         output_file(args.out, "--out")
     objs = build(_load(args), cron=args.cron, namespace=args.namespace, image=args.image, ray_address=args.ray_address)
-    text = yaml.safe_dump_all(objs, sort_keys=False)
+    class Dumper(yaml.SafeDumper):  # multi-line strings (the pipeline in the ConfigMap) as literal blocks
+        pass
+
+    Dumper.add_representer(str, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style="|" if "\n" in v else None))
+    text = yaml.dump_all(objs, Dumper=Dumper, sort_keys=False)
     if args.out:
         write_atomic(args.out, text)
         print(f"wrote {', '.join(o['kind'] for o in objs)} to {args.out}", file=sys.stderr)
