@@ -80,9 +80,13 @@ def test_digits_scenario_end_to_end(tmp_path, ray_local):
         lineage = json.loads(Path(r["pass_dir"], "lineage.json").read_text())
         runs = sorted(Path(r["pass_dir"], "wandb").glob("offline-run-*"))
         assert len(runs) == 1 and runs[0].name.endswith(lineage["wandb_run_id"])
-    summary = _wandb_summary(sorted(Path(fourth["pass_dir"], "wandb").glob("offline-run-*"))[0])
-    text = json.dumps(summary)
-    assert "rejected" in text and "pipeline" in text
+    run = _wandb_summary(sorted(Path(fourth["pass_dir"], "wandb").glob("offline-run-*"))[0])
+    assert run["name"] == "digits-continual-pass4" and run["state"] == "finished"
+    assert run["summary"]["outcome"] == "rejected" and run["summary"]["decision"] == "reject"
+    assert run["summary"]["drift/report"]["_type"] == "html-file"  # the drift report, linked
+    cfg = run["config"]  # the lineage: the training run (and its W&B run) and the decision with reasons
+    assert Path(cfg["training"]["run_dir"]).is_dir() and cfg["decision"]["action"] == "reject"
+    assert any("misses" in r for r in cfg["decision"]["reasons"])
     keep = ("accuracy", "f1", "ece")
     for i, r in ((1, first), (2, second), (4, fourth)):  # the figures for bench/RESULTS.md
         m = json.loads(Path(r["pass_dir"], "metrics.json").read_text())
