@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     __import__("raydl.jobs_cli", fromlist=["add_parser"]).add_parser(sub)  # raydl submit, raydl jobs
     __import__("raydl.quantize_cli", fromlist=["add_parser"]).add_parser(sub)  # raydl quantize
+    __import__("raydl.fewshot_cli", fromlist=["add_parser"]).add_parser(sub)  # raydl fewshot
     try:
         from raydl.drift.cli import add_parser as add_drift
     except ImportError:
