@@ -48,6 +48,9 @@ def test_triplet_loss_by_hand():
     assert triplet_loss(z, y, m).item() == pytest.approx(((d + m) + m) / 2, abs=1e-5)
     far = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
     assert triplet_loss(far, y, 0.5).item() == 0.0  # every triplet satisfied
+    torch.manual_seed(0)
+    big, labels = torch.randn(40, 8), torch.randint(0, 4, (40,))  # anchors taken a few at a time: the same mean
+    assert triplet_loss(big, labels, 0.3, chunk_elems=1).item() == pytest.approx(triplet_loss(big, labels, 0.3).item(), rel=1e-6)
 
 
 def test_infonce_with_views_is_simclr_cross_entropy():

@@ -79,7 +79,7 @@ def episode_accuracy(z: np.ndarray, y: np.ndarray, way: int, shot: int, queries:
         q_z.append(z[rows[shot:]])
         q_y.append(np.full(queries, i))
     protos_a, q = np.stack(protos), np.concatenate(q_z)
-    d = ((q[:, None, :] - protos_a[None, :, :]) ** 2).sum(-1)
+    d = (q**2).sum(1)[:, None] - 2.0 * q @ protos_a.T + (protos_a**2).sum(1)[None, :]
     return float((d.argmin(1) == np.concatenate(q_y)).mean())
 
 

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -49,16 +51,16 @@ def step_seed(aug_seed: int, rank: int, step: int) -> int:
 
 
 class EmbedderParams(CNNParams):
-    views: str = Field("none", pattern="^(none|simclr)$", description="simclr: two augmented views per training input")
+    views: Literal["none", "simclr"] = Field("none", description="simclr: two augmented views per training input")
     shift: int = Field(1, ge=0, le=8, description="largest shift of a view, in pixels")
     crop: int = Field(6, ge=1, description="smallest crop side of a view, in pixels (resized back)")
     noise: float = Field(0.3, ge=0, description="std of the Gaussian noise added to a view (standardised pixels)")
     aug_seed: int = Field(0, ge=0)
     projection: int = Field(0, ge=0, le=4096, description="hidden units of a projection head used only in training "
                             "(SimCLR's g(.)): the loss sees g(h), evaluation and predictions the embedding h before it; 0: none")
-    head: str = Field("gap", pattern="^(gap|flatten)$",
+    head: Literal["gap", "flatten"] = Field("gap",
                       description="gap: global average pooling, then a linear layer; flatten: every position's features "
-                                  "into the linear layer (keeps where a stroke is: better for classes never trained on)")
+                                  "into the linear layer (keeps where a stroke is)")
 
 
 class Embedder(nn.Module):

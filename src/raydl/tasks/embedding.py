@@ -57,15 +57,20 @@ def contrastive_loss(z: torch.Tensor, y: torch.Tensor, margin: float) -> torch.T
     return pos_loss + neg_loss
 
 
-def triplet_loss(z: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
+def triplet_loss(z: torch.Tensor, y: torch.Tensor, margin: float, chunk_elems: int = 1 << 24) -> torch.Tensor:
     z, y, _ = _views(z, y)
     d = torch.cdist(z, z)
     same = y[:, None] == y[None, :]
     eye = torch.eye(len(y), dtype=torch.bool, device=z.device)
-    valid = (same & ~eye)[:, :, None] & ~same[:, None, :]  # [anchor, positive, negative]
-    losses = F.relu(d[:, :, None] - d[:, None, :] + margin)[valid]
-    active = losses > 1e-12
-    return losses[active].mean() if active.any() else z.sum() * 0.0
+    pos_mask, neg_mask = same & ~eye, ~same
+    total, active = z.sum() * 0.0, 0
+    step = max(1, chunk_elems // max(len(y) ** 2, 1))  # anchors at a time: [step, B, B] stays small at any B
+    for a in range(0, len(y), step):
+        valid = pos_mask[a : a + step, :, None] & neg_mask[a : a + step, None, :]  # [anchor, positive, negative]
+        losses = F.relu(d[a : a + step, :, None] - d[a : a + step, None, :] + margin)[valid]
+        on = losses > 1e-12
+        total, active = total + losses[on].sum(), active + int(on.sum())
+    return total / active if active else total
 
 
 def infonce_loss(z: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -98,7 +103,7 @@ def knn_predict(ref: np.ndarray, ref_y: np.ndarray, query: np.ndarray, k: int = 
     row i, not counted as its own neighbour."""
     ref = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
     query = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
-    d = ((query[:, None, :] - ref[None, :, :]) ** 2).sum(-1)
+    d = 2.0 - 2.0 * (query @ ref.T)  # squared distance between unit vectors, without a [Q, R, D] array
     if leave_one_out:
         np.fill_diagonal(d, np.inf)
     k = min(k, len(ref) - (1 if leave_one_out else 0))
