@@ -93,6 +93,15 @@ def test_augmentations_are_seeded_and_views_follow_seed_rank_and_step():
     assert "step" in m.state_dict()  # saved with the weights: a resumed run continues the stream
 
 
+def test_embed_features_is_what_enters_the_head_and_projection_is_training_only():
+    x = torch.randn(3, 1, 8, 8)
+    m = build_model(ModelSpec(**EMBEDDER, head="flatten", embed="features", projection=32), IMAGE, 16)
+    assert isinstance(m.net[-1], torch.nn.Linear) and m.net[-1].in_features == 16 * 4 * 4  # 8x8 pooled once to 4x4
+    with torch.no_grad():
+        assert m.eval()({"x": x}).shape == (3, 256)  # evaluation: the flattened feature map
+        assert m.train()({"x": x}).shape == (3, 16)  # training: head, then the projection the loss sees
+
+
 def test_embedding_task_reads_its_losses_and_refuses_a_classification_loss():
     prep = prepare(DataSpec(source="digits_metric")).prep
     assert build_task(prep, LossSpec()).loss_.name == "triplet"

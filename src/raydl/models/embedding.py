@@ -3,7 +3,8 @@
 - `embedder`: a CNN whose head projects to an embedding (the task's size, `raydl.tasks.embedding`).
   With `views: simclr` it makes two seeded augmented views of every training input (random shift,
   crop-and-resize, Gaussian noise) and returns both views' embeddings, `[2B, D]`; in evaluation it
-  embeds the input as it is. The augmentation of each training step is seeded from (`aug_seed`,
+  embeds the input as it is (`embed: features`: the features that enter the head, the head and
+  projection serving the training loss only). The augmentation of each training step is seeded from (`aug_seed`,
   the worker's rank, the step), and the step counter is a buffer saved with the weights, so an
   epoch's augmentations follow from (seed, epoch, rank) and a resumed run continues the same stream.
 - `multitask_cnn`: a shared CNN backbone (to a `feature_dim` vector) and one small head per task
@@ -58,6 +59,9 @@ class EmbedderParams(CNNParams):
     aug_seed: int = Field(0, ge=0)
     projection: int = Field(0, ge=0, le=4096, description="hidden units of a projection head used only in training "
                             "(SimCLR's g(.)): the loss sees g(h), evaluation and predictions the embedding h before it; 0: none")
+    embed: Literal["head", "features"] = Field(
+        "head", description="head: the embedding is the head's output (the task's size); features: what enters the head "
+                            "(the pooled or flattened conv features), the head and projection serving the training loss only")
     head: Literal["gap", "flatten"] = Field("gap",
                       description="gap: global average pooling, then a linear layer; flatten: every position's features "
                                   "into the linear layer (keeps where a stroke is)")
@@ -75,7 +79,7 @@ class Embedder(nn.Module):
     def forward(self, batch) -> torch.Tensor:
         x = model_input(batch)
         if not self.training:
-            return self.net(x)
+            return self.net[:-1](x) if self.p.embed == "features" else self.net(x)
         if self.p.views != "simclr":
             return self.projection(self.net(x))
         import torch.distributed as dist
