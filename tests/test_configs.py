@@ -37,6 +37,16 @@ BARS = {
     "gcn_karate.yaml": ("test_accuracy", 0.7),  # members never used in training
     "gcn_graph_shapes.yaml": ("test_accuracy", 0.9),
     "gat_graph_shapes.yaml": ("test_accuracy", 0.9),
+    # Metric, few-shot, multi-task and transfer rows (zoo-metric); figures in bench/RESULTS.md ("Model zoo: metric ...").
+    # test_knn_accuracy is scored within each evaluation batch; the split-exact kNN (test rows against train rows,
+    # raydl.fewshot.knn_accuracy) is checked >= 0.95 by tests/test_zoo_metric_slow.py and bench/zoo_metric.py.
+    "metric_triplet_digits.yaml": ("test_knn_accuracy", 0.95),
+    "metric_siamese_digits.yaml": ("test_knn_accuracy", 0.95),
+    "metric_simclr_digits.yaml": ("test_knn_accuracy", 0.85),  # in-batch 0.899; vs train rows 0.972 (bench)
+    "fewshot_digits.yaml": ("test_knn_accuracy", 0.95),  # on digits 0-4; the episodes on 5-9: bench/zoo_metric.py
+    "multitask_digits.yaml": ("test_digit_accuracy", 0.96),  # and parity >= 0.97, ink R^2 >= 0.9: the slow test
+    "transfer_pretrain_digits.yaml": ("test_accuracy", 0.98),
+    "transfer_finetune_digits.yaml": ("test_accuracy", 0.9),  # and vs from scratch: the slow test
 }
 # Configs whose bar is checked elsewhere (the runs take minutes here): where.
 CHECKED_ELSEWHERE = {
@@ -46,7 +56,26 @@ CHECKED_ELSEWHERE = {
     **dict.fromkeys(["rnn_digits_rows.yaml", "gru_majority.yaml", "transformer_digits_rows.yaml",
                      "transformer_majority.yaml", "transformer_grammar.yaml", "gcn_graph_shapes.yaml",
                      "gat_graph_shapes.yaml"], "bench/zoo_seq.py"),
+    **dict.fromkeys(["metric_siamese_digits.yaml", "metric_simclr_digits.yaml", "fewshot_digits.yaml"], "bench/zoo_metric.py"),
+    **dict.fromkeys(["metric_triplet_digits.yaml", "multitask_digits.yaml", "transfer_pretrain_digits.yaml",
+                     "transfer_finetune_digits.yaml"], "tests/test_zoo_metric_slow.py"),
 }
+# Configs that start from another config's model directory (finetune.from): validated against a
+# model directory made here from the source config's data and model (tests/model_dirs.py).
+FINETUNE_SOURCES = {"transfer_finetune_digits.yaml": "transfer_pretrain_digits.yaml"}
+FEW_LABELLED = {"transfer_finetune_digits.yaml": 50}  # 10 train images of each of 5 classes
+
+
+def _overrides(path: Path, tmp_path: Path) -> list[str]:
+    source = FINETUNE_SOURCES.get(path.name)
+    if source is None:
+        return []
+    from model_dirs import model_dir
+
+    src = load_spec(path.parent / source)
+    mdir = model_dir(tmp_path / "source", source=src.data.source, data=src.data.model_dump(),
+                     model={"name": src.model.name, **src.model.params})
+    return [f"finetune.from={mdir}"]
 
 
 def test_every_config_has_a_quality_bar():
@@ -54,10 +83,13 @@ def test_every_config_has_a_quality_bar():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_config_validates(path):
-    spec = load_spec(path)
+def test_config_validates(path, tmp_path):
+    spec = load_spec(path, _overrides(path, tmp_path))
     prepared = resolve(spec)
-    assert len(prepared.train) > len(prepared.val) > 0
+    if path.name in FEW_LABELLED:  # a few labelled train rows on purpose
+        assert len(prepared.train) == FEW_LABELLED[path.name] and len(prepared.val) > 0
+    else:
+        assert len(prepared.train) > len(prepared.val) > 0
 
 
 @pytest.mark.slow

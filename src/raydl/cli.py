@@ -210,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("raydl.quantize_cli", fromlist=["add_parser"]).add_parser(sub)  # raydl quantize
     __import__("raydl.gateway.cli", fromlist=["add_parser"]).add_parser(sub)  # raydl gateway
     __import__("raydl.pipeline.cli", fromlist=["add_parser"]).add_parser(sub)  # raydl pipeline
+    __import__("raydl.fewshot_cli", fromlist=["add_parser"]).add_parser(sub)  # raydl fewshot
     try:
         from raydl.drift.cli import add_parser as add_drift
     except ImportError:

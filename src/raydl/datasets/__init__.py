@@ -155,4 +155,4 @@ def load_source(spec: DataSpec) -> tuple[pa.Table | Arrays, Builtin | None]:
 
 # Families of built-in datasets beyond the tables above live in modules of this package and
 # register themselves when imported here (one line each).
-from raydl.datasets import graphs, sequences, shapes  # noqa: E402,F401  (graphs, sequences; synthetic shapes with masks/boxes, imbalanced digits)
+from raydl.datasets import digits_tasks, graphs, sequences, shapes  # noqa: E402,F401  (digits cut for metric/few-shot/transfer/multi-task; graphs, sequences; synthetic shapes with masks/boxes, imbalanced digits)

@@ -96,6 +96,7 @@ from raydl.models import (  # noqa: E402,F401  (registers the built-in models)
     cnn,
     cnn1d,
     detection,
+    embedding,
     graph,
     linear,
     mlp,

@@ -202,4 +202,4 @@ def run_metrics(task: Task) -> list[str]:
 
 # Tasks beyond classification and regression live in modules of this package and register
 # themselves when imported here (one line each).
-from raydl.tasks import detection, language_model, segmentation  # noqa: E402,F401  (vision tasks, next-token prediction)
+from raydl.tasks import detection, embedding, language_model, multitask, segmentation  # noqa: E402,F401  (vision tasks, next-token prediction, metric learning, several heads)
