@@ -1,0 +1,100 @@
+"""One Tune trial: an ordinary raydl training run (its own Ray Train worker group) built from the
+spec with the trial's values applied.
+
+Ray Train V2 runs inside the trial: the trial function builds and fits a `TorchTrainer`. The loop
+reports every epoch (`report_every_epoch`), and a controller callback forwards each report, with
+the path of the checkpoint it carries, to the trial function, which reports it to Tune. Unlike
+`ray.tune.integration.ray_train.TuneReportCallback` (metrics only), each Train checkpoint becomes a
+Tune checkpoint, which PBT needs to clone a parent and `--resume` needs to restart a trial from.
+
+Every start of the trial function is a new Train run `attempt-<k>/` in the trial directory; one
+started with a Tune checkpoint (a resumed trial, or a PBT trial that exploited its parent) starts
+from that checkpoint: weights, optimizer and the loop's state (its epoch and history).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from ray.train.v2.api.callback import UserCallback
+
+from raydl.spec import spec_from_dict
+from raydl.tune.spec import apply_config
+
+RESULT_TIMEOUT_S = 0.5
+
+
+class ForwardReports(UserCallback):
+    """On the Train controller: each report of rank 0 (and its checkpoint's path) onto a queue."""
+
+    def __init__(self, queue) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        self.queue.put((dict(metrics[0]), checkpoint.path if checkpoint is not None else None))
+
+
+def trial_spec(base: dict, config: dict[str, Any], trial_dir: Path, search: str, trial_id: str):
+    """The trial's spec: the search's base spec, the trial's values, and its own run directory."""
+    raw = apply_config(base, config)
+    attempt = sum(1 for p in trial_dir.glob("attempt-*") if p.is_dir())
+    raw["run"] = {**raw.get("run", {}), "name": f"{search}-{trial_id}",
+                  "storage_path": str(trial_dir / f"attempt-{attempt}")}
+    return spec_from_dict(raw, origin=f"of trial {trial_id}")
+
+
+def trial_storage_dir(fallback: Path, trial_id: str) -> Path:
+    """The trial's directory in the experiment's storage (Tune's `get_trial_dir()` is a local
+    staging directory that is not kept): Tune's storage context, else `fallback/<trial id>`."""
+    try:
+        from ray.train._internal.session import get_storage
+
+        return Path(get_storage().trial_fs_path)
+    except Exception:  # noqa: BLE001 (an internal API; a Ray without it gets the fallback)
+        return fallback / trial_id
+
+
+def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict, launch_ts: float,
+              experiment_dir: str) -> None:
+    """The Tune trial function."""
+    from ray import tune
+    from ray.util.queue import Empty, Queue
+
+    from raydl.launch import finish_run, make_trainer, resolve, run_dir, worker_data
+
+    ctx = tune.get_context()
+    trial_dir = trial_storage_dir(Path(experiment_dir), ctx.get_trial_id())
+    spec = trial_spec(base, config, trial_dir, search, ctx.get_trial_id())
+    # The driver prepared the data once; a space over data.* keys needs the trial's own.
+    prepared = resolve(spec) if prepared is None else prepared
+    rdir = run_dir(spec)
+    rdir.prepare(False)
+    start = tune.get_checkpoint()
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = make_trainer(spec, prepared, worker_data(spec, prepared), manifest, rdir, launch_ts,
+                           report_every_epoch=True, callbacks=(ForwardReports(queue),),
+                           start_from=start.path if start is not None else None,
+                           worker_env={"WANDB_RUN_GROUP": search})
+    out: dict = {}
+
+    def fit() -> None:
+        try:
+            out["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 (re-raised in the trial function below)
+            out["error"] = e
+
+    th = threading.Thread(target=fit, name="raydl-trial-fit", daemon=True)
+    th.start()
+    while th.is_alive() or not queue.empty():
+        try:
+            metrics, ckpt = queue.get(timeout=RESULT_TIMEOUT_S)
+        except Empty:
+            continue
+        metrics["attempt"] = str(rdir.path)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt) if ckpt else None)
+    th.join()
+    if "error" in out:
+        raise out["error"]
+    finish_run(spec, prepared, manifest, rdir, out["result"])  # the model directory, result.json
