@@ -37,6 +37,7 @@ BARS = {
     "gcn_karate.yaml": ("test_accuracy", 0.7),  # members never used in training
     "gcn_graph_shapes.yaml": ("test_accuracy", 0.9),
     "gat_graph_shapes.yaml": ("test_accuracy", 0.9),
+    "tune_digits_asha.yaml": ("test_accuracy", 0.96),  # the search's best trial (raydl tune, #10)
 }
 # Configs whose bar is checked elsewhere (the runs take minutes here): where.
 CHECKED_ELSEWHERE = {
@@ -46,6 +47,7 @@ CHECKED_ELSEWHERE = {
     **dict.fromkeys(["rnn_digits_rows.yaml", "gru_majority.yaml", "transformer_digits_rows.yaml",
                      "transformer_majority.yaml", "transformer_grammar.yaml", "gcn_graph_shapes.yaml",
                      "gat_graph_shapes.yaml"], "bench/zoo_seq.py"),
+    "tune_digits_asha.yaml": "bench/tune_bench.py (the search, and its best spec retrained with raydl train)",
 }
 
 

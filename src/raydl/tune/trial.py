@@ -14,7 +14,6 @@ from that checkpoint: weights, optimizer and the loop's state (its epoch and his
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,10 @@ def trial_spec(base: dict, config: dict[str, Any], trial_dir: Path, search: str,
     return spec_from_dict(raw, origin=f"of trial {trial_id}")
 
 
+def _fit(trainer):
+    return trainer.fit()
+
+
 def trial_storage_dir(fallback: Path, trial_id: str) -> Path:
     """The trial's directory in the experiment's storage (Tune's `get_trial_dir()` is a local
     staging directory that is not kept): Tune's storage context, else `fallback/<trial id>`."""
@@ -59,6 +62,7 @@ def trial_storage_dir(fallback: Path, trial_id: str) -> Path:
 def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict, launch_ts: float,
               experiment_dir: str) -> None:
     """The Tune trial function."""
+    import ray
     from ray import tune
     from ray.util.queue import Empty, Queue
 
@@ -77,24 +81,42 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
                            report_every_epoch=True, callbacks=(ForwardReports(queue),),
                            start_from=start.path if start is not None else None,
                            worker_env={"WANDB_RUN_GROUP": search})
-    out: dict = {}
+    # fit() runs in a task of this trial: when Tune stops the trial (a scheduler's decision, the
+    # time budget, PBT's exploit), cancelling the task ends the Train controller and workers it owns.
+    fit = ray.remote(num_cpus=0, max_retries=0)(_fit).remote(trainer)
+    last = None  # the run's last report: held back until its model directory is written
+    try:
+        while True:
+            done = bool(ray.wait([fit], timeout=0)[0])
+            try:
+                metrics, ckpt = queue.get(timeout=RESULT_TIMEOUT_S)
+            except Empty:
+                if done:
+                    break
+                continue
+            metrics["attempt"] = str(rdir.path)
+            if ckpt and _stopped(ckpt):
+                last = (metrics, ckpt)
+                continue
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt) if ckpt else None)
+        result = ray.get(fit)
+    except BaseException:
+        ray.cancel(fit, force=True)
+        raise
+    out = finish_run(spec, prepared, manifest, rdir, result)  # the model directory, result.json
+    if last is not None:  # a scheduler may stop the trial on this report: it comes after the model
+        metrics, ckpt = last
+        tune.report({**metrics, **{k: v for k, v in out.metrics.items() if k.startswith("test_")}},
+                    checkpoint=tune.Checkpoint.from_directory(ckpt))
 
-    def fit() -> None:
-        try:
-            out["result"] = trainer.fit()
-        except BaseException as e:  # noqa: BLE001 (re-raised in the trial function below)
-            out["error"] = e
 
-    th = threading.Thread(target=fit, name="raydl-trial-fit", daemon=True)
-    th.start()
-    while th.is_alive() or not queue.empty():
-        try:
-            metrics, ckpt = queue.get(timeout=RESULT_TIMEOUT_S)
-        except Empty:
-            continue
-        metrics["attempt"] = str(rdir.path)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt) if ckpt else None)
-    th.join()
-    if "error" in out:
-        raise out["error"]
-    finish_run(spec, prepared, manifest, rdir, out["result"])  # the model directory, result.json
+def _stopped(ckpt: str) -> bool:
+    """Whether the loop state in a Train checkpoint says the run has ended (finished, early-stopped)."""
+    import json
+
+    from raydl.loop import LOOP_STATE_FILE
+
+    try:
+        return json.loads((Path(ckpt) / LOOP_STATE_FILE).read_text())["status"] != "running"
+    except (OSError, ValueError, KeyError):
+        return False
