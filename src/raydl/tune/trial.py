@@ -23,16 +23,21 @@ from raydl.spec import spec_from_dict
 from raydl.tune.spec import apply_config
 
 RESULT_TIMEOUT_S = 0.5
+ABORT_TIMEOUT_S = 30
 
 
 class ForwardReports(UserCallback):
-    """On the Train controller: each report of rank 0 (and its checkpoint's path) onto a queue."""
+    """On the Train controller: each report of rank 0, its checkpoint's path and the controller's
+    own handle (so that a stopped trial can abort the run) onto a queue."""
 
     def __init__(self, queue) -> None:
         self.queue = queue
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        self.queue.put((dict(metrics[0]), checkpoint.path if checkpoint is not None else None))
+        import ray
+
+        me = ray.get_runtime_context().current_actor
+        self.queue.put((dict(metrics[0]), checkpoint.path if checkpoint is not None else None, me))
 
 
 def trial_spec(base: dict, config: dict[str, Any], trial_dir: Path, search: str, trial_id: str):
@@ -85,11 +90,12 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
     # time budget, PBT's exploit), cancelling the task ends the Train controller and workers it owns.
     fit = ray.remote(num_cpus=0, max_retries=0)(_fit).remote(trainer)
     last = None  # the run's last report: held back until its model directory is written
+    controller = None
     try:
         while True:
             done = bool(ray.wait([fit], timeout=0)[0])
             try:
-                metrics, ckpt = queue.get(timeout=RESULT_TIMEOUT_S)
+                metrics, ckpt, controller = queue.get(timeout=RESULT_TIMEOUT_S)
             except Empty:
                 if done:
                     break
@@ -101,6 +107,7 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt) if ckpt else None)
         result = ray.get(fit)
     except BaseException:
+        _abort(controller)
         ray.cancel(fit, force=True)
         raise
     out = finish_run(spec, prepared, manifest, rdir, result)  # the model directory, result.json
@@ -108,6 +115,20 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
         metrics, ckpt = last
         tune.report({**metrics, **{k: v for k, v in out.metrics.items() if k.startswith("test_")}},
                     checkpoint=tune.Checkpoint.from_directory(ckpt))
+
+
+def _abort(controller) -> None:
+    """Abort the Train run the way Ctrl-C does (its workers and placement group released). Killing
+    it is not enough: Ray Train's placement-group cleaner asks Ray's state API, which an embedded
+    Ray without a dashboard does not serve, so a killed run's group would hold its CPUs for good."""
+    import ray
+
+    if controller is None:
+        return
+    try:
+        ray.get(controller.abort.remote(), timeout=ABORT_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 (it exits as it aborts; gone already is fine too)
+        pass
 
 
 def _stopped(ckpt: str) -> bool:
