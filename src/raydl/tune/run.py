@@ -203,7 +203,8 @@ def run_search(search: Search, *, resume: bool, concurrency: int, callbacks: Seq
         return tuner.fit()
     run_config = tune.RunConfig(
         name=EXPERIMENT, storage_path=str(search.run_dir), verbose=0, callbacks=list(callbacks),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+        # PBT restores a trial from another's checkpoint, possibly an older one: keep them all
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if isinstance(ts.scheduler, PbtSpec) else 2))
     tune_config = tune.TuneConfig(
         metric=ts.metric, mode=ts.mode, num_samples=ts.num_samples, max_concurrent_trials=None,  # search_alg limits it
         time_budget_s=ts.time_budget_s, scheduler=scheduler(ts), search_alg=search_alg(ts, concurrency),

@@ -81,6 +81,11 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
     rdir = run_dir(spec)
     rdir.prepare(False)
     start = tune.get_checkpoint()
+    if start is not None and _stopped(start.path):  # restored from a run that had ended: nothing to train
+        out = finish_run(spec, prepared, manifest, rdir, _Ended(start))
+        tune.report({**out.history[-1], **{k: v for k, v in out.metrics.items() if k.startswith("test_")},
+                     "attempt": str(rdir.path)}, checkpoint=start)
+        return
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = make_trainer(spec, prepared, worker_data(spec, prepared), manifest, rdir, launch_ts,
                            report_every_epoch=True, callbacks=(ForwardReports(queue),),
@@ -115,6 +120,13 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
         metrics, ckpt = last
         tune.report({**metrics, **{k: v for k, v in out.metrics.items() if k.startswith("test_")}},
                     checkpoint=tune.Checkpoint.from_directory(ckpt))
+
+
+class _Ended:
+    """A Train result whose checkpoint is an ended run's (what `finish_run` reads)."""
+
+    def __init__(self, checkpoint) -> None:
+        self.checkpoint = checkpoint
 
 
 def _abort(controller) -> None:
