@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -26,8 +27,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"tune: each trial is a driver ({spec.tune.driver_cpus:g} CPU) + {sc.num_workers} Train worker(s); "
               f"{concurrency} trial(s) run at once", file=sys.stderr)
 
-    outcome = tune(spec, address=args.address, resume=args.resume, on_start=on_start,
-                   callbacks=[LiveProgress(spec.tune.metric, spec.tune.mode)])
+    try:
+        outcome = tune(spec, address=args.address, resume=args.resume, on_start=on_start,
+                       callbacks=[LiveProgress(spec.tune.metric, spec.tune.mode)])
+    except KeyboardInterrupt:
+        from raydl.cli import _received
+
+        print(f"raydl: interrupted: search {spec.run.name} stopped; its finished trials and checkpoints are kept; "
+              "run the same command with --resume to continue it", file=sys.stderr)
+        return 128 + (_received[-1] if _received else signal.SIGINT)
     summary = {**outcome.summary(spec.tune.metric), "wall_s": round(time.time() - launch, 1)}
     if out_fd is not None:
         os.write(out_fd, (json.dumps(summary, default=str) + "\n").encode())
