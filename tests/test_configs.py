@@ -47,6 +47,7 @@ BARS = {
     "multitask_digits.yaml": ("test_digit_accuracy", 0.96),  # and parity >= 0.97, ink R^2 >= 0.9: the slow test
     "transfer_pretrain_digits.yaml": ("test_accuracy", 0.98),
     "transfer_finetune_digits.yaml": ("test_accuracy", 0.9),  # and vs from scratch: the slow test
+    "tune_digits_asha.yaml": ("test_accuracy", 0.96),  # the search's best trial (raydl tune, #10)
 }
 # Configs whose bar is checked elsewhere (the runs take minutes here): where.
 CHECKED_ELSEWHERE = {
@@ -59,6 +60,7 @@ CHECKED_ELSEWHERE = {
     **dict.fromkeys(["metric_siamese_digits.yaml", "metric_simclr_digits.yaml", "fewshot_digits.yaml"], "bench/zoo_metric.py"),
     **dict.fromkeys(["metric_triplet_digits.yaml", "multitask_digits.yaml", "transfer_pretrain_digits.yaml",
                      "transfer_finetune_digits.yaml"], "tests/test_zoo_metric_slow.py"),
+    "tune_digits_asha.yaml": "bench/tune_bench.py (the search, and its best spec retrained with raydl train)",
 }
 # Configs that start from another config's model directory (finetune.from): validated against a
 # model directory made here from the source config's data and model (tests/model_dirs.py).

@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     if add_drift is not None:
         add_drift(sub)
     calibration_cli.add_parser(sub)
+    __import__("raydl.tune.cli", fromlist=["add_parser"]).add_parser(sub)  # raydl tune
     model_registry_cli.add_parser(sub)
     return p
 

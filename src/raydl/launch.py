@@ -219,7 +219,8 @@ def worker_data(spec: JobSpec, prepared: Prepared | Streamed) -> WorkerData:
 
 
 def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData, man: dict, rdir: RunDir,
-                 launch_ts: float, progress: Any = None, report_every_epoch: bool = False, callbacks: tuple = ()):
+                 launch_ts: float, progress: Any = None, report_every_epoch: bool = False, callbacks: tuple = (),
+                 start_from: str | None = None, worker_env: dict[str, str] | None = None):
     """The Ray Train `TorchTrainer` of a run: its workers, storage, failure and checkpoint policy."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -231,7 +232,7 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
     resources = worker_need(sc)
     config = WorkerConfig(spec=spec, prep=prepared.prep, loader=data.loader, run_dir=rdir.wandb_dir(spec.run.name),
                           manifest=man, launch_ts=launch_ts, scored=data.scored, splits=data.splits, progress=progress,
-                          report_every_epoch=report_every_epoch)
+                          report_every_epoch=report_every_epoch, start_from=start_from)
     storage_path, storage_filesystem = rdir.ray_storage()
     return TorchTrainer(
         train_loop_per_worker,
@@ -242,6 +243,7 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
             failure_config=FailureConfig(max_failures=spec.checkpoint.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep_last),
             callbacks=list(callbacks),
+            worker_runtime_env={"env_vars": worker_env} if worker_env else None,
         ),
         datasets=data.datasets,
         dataset_config=ingest_config() if data.datasets is not None else None,

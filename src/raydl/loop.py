@@ -71,6 +71,7 @@ class WorkerConfig:
     splits: Any = None  # in_memory: an ObjectRef of {"train"|"val"|"test": arrays}
     progress: Any = None  # a ray.util.queue.Queue for the driver's progress line, or None
     report_every_epoch: bool = False  # report metrics to Ray Train every epoch (Ray Tune trials)
+    start_from: str | None = None  # a checkpoint directory to start from when the run has none of its own
 
 
 def save_checkpoint(d: str, tensors: dict, state: TrainState) -> None:
@@ -218,7 +219,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     # Resume: the latest checkpoint holds weights, optimizer, schedule and the loop's own state.
     state, best_weights, extras = TrainState(), None, {}
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint() or (Checkpoint(cfg.start_from) if cfg.start_from else None)
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             saved, state = load_checkpoint(d)

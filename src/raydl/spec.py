@@ -213,6 +213,7 @@ class JobSpec(Section):
     tracking: TrackingSpec = TrackingSpec()
     finetune: FinetuneSpec | None = None
     continual: ContinualSpec | None = None
+    tune: TuneSpec | None = None  # raydl tune: the search (raydl.tune.spec)
 
     @field_validator("data", mode="before")
     @classmethod
@@ -254,6 +255,10 @@ def _problems(raw: dict[str, Any]) -> tuple[JobSpec | None, list[str]]:
         from raydl.continual import param_errors as strategy_errors
 
         lines += [_problem(loc, msg, "", got) for loc, msg, got in strategy_errors(raw["continual"])]
+    if isinstance(raw.get("tune"), dict):
+        from raydl.tune.spec import space_errors
+
+        lines += [_problem(loc, msg, "", got) for loc, msg, got in space_errors(raw)]
     return spec, lines
 
 
@@ -330,6 +335,11 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     if not isinstance(raw, dict):
         raise SpecError(f"invalid job spec in {p}: the top level must be a mapping of sections, got {type(raw).__name__}")
     return spec_from_dict(apply_overrides(raw, overrides or []), origin=f"in {p}")
+
+
+from raydl.tune.spec import TuneSpec  # noqa: E402 (it builds on Section, defined above)
+
+JobSpec.model_rebuild()
 
 
 def spec_to_yaml(spec: JobSpec) -> str:

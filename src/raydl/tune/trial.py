@@ -1,0 +1,155 @@
+"""One Tune trial: an ordinary raydl training run (its own Ray Train worker group) built from the
+spec with the trial's values applied.
+
+Ray Train V2 runs inside the trial: the trial function builds and fits a `TorchTrainer`. The loop
+reports every epoch (`report_every_epoch`), and a controller callback forwards each report, with
+the path of the checkpoint it carries, to the trial function, which reports it to Tune. Unlike
+`ray.tune.integration.ray_train.TuneReportCallback` (metrics only), each Train checkpoint becomes a
+Tune checkpoint, which PBT needs to clone a parent and `--resume` needs to restart a trial from.
+
+Every start of the trial function is a new Train run `attempt-<k>/` in the trial directory; one
+started with a Tune checkpoint (a resumed trial, or a PBT trial that exploited its parent) starts
+from that checkpoint: weights, optimizer and the loop's state (its epoch and history).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray.train.v2.api.callback import UserCallback
+
+from raydl.spec import spec_from_dict
+from raydl.tune.spec import apply_config
+
+RESULT_TIMEOUT_S = 0.5
+ABORT_TIMEOUT_S = 30
+
+
+class ForwardReports(UserCallback):
+    """On the Train controller: each report of rank 0, its checkpoint's path and the controller's
+    own handle (so that a stopped trial can abort the run) onto a queue."""
+
+    def __init__(self, queue) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        import ray
+
+        me = ray.get_runtime_context().current_actor
+        self.queue.put((dict(metrics[0]), checkpoint.path if checkpoint is not None else None, me))
+
+
+def trial_spec(base: dict, config: dict[str, Any], trial_dir: Path, search: str, trial_id: str):
+    """The trial's spec: the search's base spec, the trial's values, and its own run directory."""
+    raw = apply_config(base, config)
+    attempt = sum(1 for p in trial_dir.glob("attempt-*") if p.is_dir())
+    raw["run"] = {**raw.get("run", {}), "name": f"{search}-{trial_id}",
+                  "storage_path": str(trial_dir / f"attempt-{attempt}")}
+    return spec_from_dict(raw, origin=f"of trial {trial_id}")
+
+
+def _fit(trainer):
+    return trainer.fit()
+
+
+def trial_storage_dir(fallback: Path, trial_id: str) -> Path:
+    """The trial's directory in the experiment's storage (Tune's `get_trial_dir()` is a local
+    staging directory that is not kept): Tune's storage context, else `fallback/<trial id>`."""
+    try:
+        from ray.train._internal.session import get_storage
+
+        return Path(get_storage().trial_fs_path)
+    except Exception:  # noqa: BLE001 (an internal API; a Ray without it gets the fallback)
+        return fallback / trial_id
+
+
+def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict, launch_ts: float,
+              experiment_dir: str) -> None:
+    """The Tune trial function."""
+    import ray
+    from ray import tune
+    from ray.util.queue import Empty, Queue
+
+    from raydl.launch import finish_run, make_trainer, resolve, run_dir, worker_data
+
+    ctx = tune.get_context()
+    trial_dir = trial_storage_dir(Path(experiment_dir), ctx.get_trial_id())
+    spec = trial_spec(base, config, trial_dir, search, ctx.get_trial_id())
+    # The driver prepared the data once; a space over data.* keys needs the trial's own.
+    prepared = resolve(spec) if prepared is None else prepared
+    rdir = run_dir(spec)
+    rdir.prepare(False)
+    start = tune.get_checkpoint()
+    if start is not None and _stopped(start.path):  # restored from a run that had ended: nothing to train
+        out = finish_run(spec, prepared, manifest, rdir, _Ended(start))
+        tune.report({**out.history[-1], **{k: v for k, v in out.metrics.items() if k.startswith("test_")},
+                     "attempt": str(rdir.path)}, checkpoint=start)
+        return
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = make_trainer(spec, prepared, worker_data(spec, prepared), manifest, rdir, launch_ts,
+                           report_every_epoch=True, callbacks=(ForwardReports(queue),),
+                           start_from=start.path if start is not None else None,
+                           worker_env={"WANDB_RUN_GROUP": search})
+    # fit() runs in a task of this trial: when Tune stops the trial (a scheduler's decision, the
+    # time budget, PBT's exploit), cancelling the task ends the Train controller and workers it owns.
+    fit = ray.remote(num_cpus=0, max_retries=0)(_fit).remote(trainer)
+    last = None  # the run's last report: held back until its model directory is written
+    controller = None
+    try:
+        while True:
+            done = bool(ray.wait([fit], timeout=0)[0])
+            try:
+                metrics, ckpt, controller = queue.get(timeout=RESULT_TIMEOUT_S)
+            except Empty:
+                if done:
+                    break
+                continue
+            metrics["attempt"] = str(rdir.path)
+            if ckpt and _stopped(ckpt):
+                last = (metrics, ckpt)
+                continue
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt) if ckpt else None)
+        result = ray.get(fit)
+    except BaseException:
+        _abort(controller)
+        ray.cancel(fit, force=True)
+        raise
+    out = finish_run(spec, prepared, manifest, rdir, result)  # the model directory, result.json
+    if last is not None:  # a scheduler may stop the trial on this report: it comes after the model
+        metrics, ckpt = last
+        tune.report({**metrics, **{k: v for k, v in out.metrics.items() if k.startswith("test_")}},
+                    checkpoint=tune.Checkpoint.from_directory(ckpt))
+
+
+class _Ended:
+    """A Train result whose checkpoint is an ended run's (what `finish_run` reads)."""
+
+    def __init__(self, checkpoint) -> None:
+        self.checkpoint = checkpoint
+
+
+def _abort(controller) -> None:
+    """Abort the Train run the way Ctrl-C does (its workers and placement group released). Killing
+    it is not enough: Ray Train's placement-group cleaner asks Ray's state API, which an embedded
+    Ray without a dashboard does not serve, so a killed run's group would hold its CPUs for good."""
+    import ray
+
+    if controller is None:
+        return
+    try:
+        ray.get(controller.abort.remote(), timeout=ABORT_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 (it exits as it aborts; gone already is fine too)
+        pass
+
+
+def _stopped(ckpt: str) -> bool:
+    """Whether the loop state in a Train checkpoint says the run has ended (finished, early-stopped)."""
+    import json
+
+    from raydl.loop import LOOP_STATE_FILE
+
+    try:
+        return json.loads((Path(ckpt) / LOOP_STATE_FILE).read_text())["status"] != "running"
+    except (OSError, ValueError, KeyError):
+        return False
