@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_drift(sub)
     calibration_cli.add_parser(sub)
     model_registry_cli.add_parser(sub)
+    __import__("raydl.continual.cli", fromlist=["add_parser"]).add_parser(sub)  # raydl continual
     return p
 
 
