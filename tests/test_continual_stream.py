@@ -3,6 +3,7 @@ continual metrics: the parts of `raydl continual` that run without Ray (fast).""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -287,3 +288,27 @@ def test_shipped_continual_configs_build_their_stream(path):
     n = len(stream.features)
     prep = Preprocessing(stream.features, stream.label, "classification", stream.classes, [0.0] * n, [1.0] * n)
     check_components(exp, prep, {"x": np.zeros((2, n), np.float32)})
+
+
+def test_results_are_written_and_logged_to_wandb_offline(tmp_path):
+    import shutil
+
+    from raydl.continual.run import HEATMAP, REPORT, RESULT, _identity, write_results
+
+    spec = spec_from_dict({"run": {"name": "wb", "storage_path": str(tmp_path)}, "data": {"source": "digits", "standardize": "none"},
+                           "stream": {"scenario": "split_digits", "experiences": 2}})
+    stream = build_stream(spec)
+    root = tmp_path / "wb"
+    root.mkdir()
+    done = [{"name": "exp1", "accuracies": [1.0, 0.0], "model_dir": "a", "train_rows": 3, "seconds": 1.0},
+            {"name": "exp2", "accuracies": [0.5, 0.9], "model_dir": "b", "train_rows": 3, "seconds": 1.0}]
+    out = write_results(spec, stream, root, _identity(spec, stream), done, False)
+    assert out["average_accuracy"] == pytest.approx(0.7) and out["forgetting"] == pytest.approx(0.5)
+    assert (root / HEATMAP).read_bytes()[:4] == b"\x89PNG" and "exp 2" in (root / REPORT).read_text()
+    assert json.loads((root / RESULT).read_text())["backward_transfer"] == pytest.approx(-0.5)
+    wandb = shutil.which("wandb") or str(Path(sys.executable).parent / "wandb")
+    got = subprocess.run([wandb, "leet", "inspect", "--summary", "--json", out["wandb_dir"]], capture_output=True,
+                         text=True, timeout=60, check=True)
+    logged = json.loads(got.stdout)["summary"]
+    assert (logged["average_accuracy"], logged["forgetting"], logged["backward_transfer"]) == pytest.approx((0.7, 0.5, -0.5))
+    assert (logged["accuracy/exp1"], logged["accuracy/exp2"]) == (0.5, 0.9)
