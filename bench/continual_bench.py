@@ -3,7 +3,8 @@
 Each stream trains its experiences as ordinary 2-worker raydl runs (`raydl.continual.run_stream`)
 in one embedded Ray session; the figures are the average accuracy, forgetting and backward
 transfer after the last experience, and the accuracy matrix of seed 0. Results go to
-bench/continual_results.json after every stream (a partial run keeps what it finished), and
+bench/continual_results.json after every stream (a partial run keeps what it finished; run again
+with the same --storage and an unfinished stream continues from its last experience), and
 `--table` prints the Markdown table for bench/RESULTS.md.
 
     python bench/continual_bench.py [--seeds 0 1 2] [--only split_digits:replay ...] [--table]
@@ -45,8 +46,8 @@ def run(seeds: list[int], only: set[str], storage: str) -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
-        for seed in seeds:
-            for scenario, strategy, extra in RUNS:
+        for scenario, strategy, extra in RUNS:  # every seed of a row before the next row (the bars first)
+            for seed in seeds:
                 key = f"{scenario}:{strategy}:{seed}"
                 if (only and f"{scenario}:{strategy}" not in only) or key in results:
                     continue
