@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "continual_results.json"
-CONFIGS = {"split_digits": "configs/continual_split_digits.yaml", "permuted_digits": "configs/continual_permuted_digits.yaml"}
+CONFIGS = {s: f"configs/continual_{s}.yaml" for s in ("split_digits", "permuted_digits", "rotated_digits", "split_digits_tasks")}
 # (scenario, strategy, overrides), in the order they run (the bars first)
 RUNS = [
     ("split_digits", "replay", ["continual.size=500"]),
@@ -34,6 +34,9 @@ RUNS = [
     ("split_digits", "ewc", ["continual.weight=1000.0", "continual.fisher_samples=500"]),
     ("split_digits", "lwf", ["continual.alpha=1.0", "continual.temperature=2.0"]),
     ("permuted_digits", "naive", []),
+    ("rotated_digits", "replay", ["continual.size=500", "continual.policy=class_balanced"]),
+    ("split_digits_tasks", "ewc", ["continual.weight=100.0", "continual.fisher_samples=500"]),
+    ("split_digits_tasks", "naive", []),
 ]
 
 
