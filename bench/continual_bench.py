@@ -58,7 +58,11 @@ def run(seeds: list[int], only: set[str], storage: str) -> None:
                              f"training.seed={seed}", f"data.seed={seed}", f"continual={{strategy: {strategy}}}", *extra]
                 spec = load_spec(HERE.parent / CONFIGS[scenario], overrides)
                 t0 = time.time()
-                out = run_stream(spec).summary
+                try:
+                    out = run_stream(spec).summary
+                except Exception as e:  # noqa: BLE001 (e.g. Ray's OOM killer on a shared machine): the next stream
+                    print(f"{key}: failed after {time.time() - t0:.0f} s: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                    continue
                 results[key] = {k: out[k] for k in ("accuracy_matrix", "average_accuracy", "forgetting", "backward_transfer",
                                                     "average_accuracy_curve", "train_rows", "seconds")}
                 results[key]["wall_s"] = time.time() - t0
