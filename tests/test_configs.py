@@ -48,6 +48,11 @@ BARS = {
     "transfer_pretrain_digits.yaml": ("test_accuracy", 0.98),
     "transfer_finetune_digits.yaml": ("test_accuracy", 0.9),  # and vs from scratch: the slow test
     "tune_digits_asha.yaml": ("test_accuracy", 0.96),  # the search's best trial (raydl tune, #10)
+    # continual streams (#9): average accuracy over the experiences after the last one (continual.json)
+    "continual_split_digits.yaml": ("average_accuracy", 0.88),  # replay, 500-row buffer
+    "continual_permuted_digits.yaml": ("average_accuracy", 0.88),  # replay
+    "continual_rotated_digits.yaml": ("average_accuracy", 0.0),  # reported (bench/RESULTS.md)
+    "continual_split_digits_tasks.yaml": ("average_accuracy", 0.0),  # reported
 }
 # Configs whose bar is checked elsewhere (the runs take minutes here): where.
 CHECKED_ELSEWHERE = {
@@ -61,6 +66,9 @@ CHECKED_ELSEWHERE = {
     **dict.fromkeys(["metric_triplet_digits.yaml", "multitask_digits.yaml", "transfer_pretrain_digits.yaml",
                      "transfer_finetune_digits.yaml"], "tests/test_zoo_metric_slow.py"),
     "tune_digits_asha.yaml": "bench/tune_bench.py (the search, and its best spec retrained with raydl train)",
+    **dict.fromkeys(["continual_split_digits.yaml", "continual_permuted_digits.yaml", "continual_rotated_digits.yaml",
+                     "continual_split_digits_tasks.yaml"],
+                    "tests/test_continual_stream.py (stream built), tests/test_continual_run.py (split bar), bench/continual_bench.py"),
 }
 # Configs that start from another config's model directory (finetune.from): validated against a
 # model directory made here from the source config's data and model (tests/model_dirs.py).

@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibration_cli.add_parser(sub)
     __import__("raydl.tune.cli", fromlist=["add_parser"]).add_parser(sub)  # raydl tune
     model_registry_cli.add_parser(sub)
+    __import__("raydl.continual.cli", fromlist=["add_parser"]).add_parser(sub)  # raydl continual
     return p
 
 

@@ -110,6 +110,16 @@ class ContinualSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+class StreamSpec(Section):
+    """An experience stream for `raydl continual` (`raydl.continual.stream`): a built-in scenario, or
+    `sources` (one Parquet/CSV file or partitioned directory per experience)."""
+
+    scenario: str = Field("split_digits", description="a registered scenario, or 'sources'")
+    experiences: int | None = Field(None, ge=1, le=100, description="how many (default: the scenario's)")
+    seed: int = Field(0, ge=0, description="permutations, rotations, class order")
+    sources: list[str] = Field(default_factory=list, description="scenario 'sources': one path or URI per experience")
+
+
 class LossSpec(Section):
     name: str = "auto"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
@@ -214,6 +224,7 @@ class JobSpec(Section):
     finetune: FinetuneSpec | None = None
     continual: ContinualSpec | None = None
     tune: TuneSpec | None = None  # raydl tune: the search (raydl.tune.spec)
+    stream: StreamSpec | None = None
 
     @field_validator("data", mode="before")
     @classmethod

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -26,12 +26,33 @@ from raydl.registry import Registry
 from raydl.registry import param_errors as registry_param_errors
 from raydl.spec import JobSpec, Section
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from raydl.continual.stream import Stream
+
 EXTRAS = "extras.pt"  # tensors a strategy left with a model directory
 
 
 class Strategy(Protocol):
+    trains_once: bool
+
     def penalties(self, model: nn.Module) -> list: ...
     def consolidations(self) -> list: ...
+    def train_rows(self, stream: Stream, i: int, previous: Path | None) -> pa.Table: ...
+    def after(self, stream: Stream, i: int, model_dir: Path, previous: Path | None) -> None: ...
+
+
+class OwnRows:
+    """The data side most strategies share: an experience trains on its own rows; nothing is kept."""
+
+    trains_once = False
+
+    def train_rows(self, stream: Stream, i: int, previous: Path | None) -> pa.Table:
+        return stream.experiences[i].pool
+
+    def after(self, stream: Stream, i: int, model_dir: Path, previous: Path | None) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -82,7 +103,7 @@ class NaiveParams(Section):
 
 
 @dataclass(frozen=True)
-class Naive:
+class Naive(OwnRows):
     """Fine-tune on the new data only (the baseline that forgets)."""
 
     def penalties(self, model: nn.Module) -> list:
@@ -98,4 +119,4 @@ def _naive(p: NaiveParams, spec: JobSpec) -> Strategy:
     return Naive()
 
 
-from raydl.continual import ewc  # noqa: E402,F401  (registers the built-in strategies)
+from raydl.continual import ewc, lwf, references, replay  # noqa: E402,F401  (registers the built-ins)

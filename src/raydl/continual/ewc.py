@@ -18,7 +18,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from raydl.continual import previous_extras, register_strategy
+from raydl.continual import OwnRows, previous_extras, register_strategy
 from raydl.finetune import source_weights
 from raydl.spec import JobSpec, Section
 
@@ -91,7 +91,7 @@ class Fisher:
 
 
 @dataclass(frozen=True)
-class EWC:
+class EWC(OwnRows):
     params: EWCParams
     spec: JobSpec
 

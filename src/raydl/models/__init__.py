@@ -101,6 +101,7 @@ from raydl.models import (  # noqa: E402,F401  (registers the built-in models)
     linear,
     mlp,
     mobilenet,
+    multihead,
     rnn,
     transformer,
     unet,
