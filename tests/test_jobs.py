@@ -274,8 +274,10 @@ def test_no_address_at_all(no_token, capfd):
 
 
 @pytest.mark.parametrize("kind, words", [
-    ("tune", "--kind tune: `raydl tune` is not available in this raydl yet; available now: train"),
-    ("bake", "--kind 'bake': unknown kind; available: train (planned: tune, continual, pipeline)"),
+    ("pipeline", "--kind pipeline: submitting `raydl pipeline` as a Ray job is not supported yet; available now: train, tune, continual"),
+    ("bake", "--kind 'bake': unknown kind; available: train, tune, continual (planned: pipeline)"),
+    ("tune", f"{DIGITS}: --kind tune needs a `tune:` section (see configs/*tune*.yaml)"),
+    ("continual", f"{DIGITS}: --kind continual needs a `stream:` section (see configs/*continual*.yaml)"),
 ])
 def test_kind_not_available(no_token, capfd, tmp_path, kind, words):
     code, _, err = run_cli(["submit", DIGITS, "--kind", kind, "--address", "http://127.0.0.1:1"], capfd)

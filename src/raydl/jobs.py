@@ -24,6 +24,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from raydl.capacity import shortfall, worker_need
 from raydl.errors import AuthError, DataError, NotFoundError, ResourceError, SpecError
@@ -32,8 +33,10 @@ from raydl.storage import is_uri
 
 # kind -> the raydl command the job runs. Only kinds whose command exists in this raydl are listed;
 # PLANNED ones are known names whose command has not landed yet.
-KINDS: dict[str, str] = {"train": "train"}
-PLANNED = ("tune", "continual", "pipeline")
+KINDS: dict[str, str] = {"train": "train", "tune": "tune", "continual": "continual"}
+PLANNED = ("pipeline",)
+# kind -> the spec section its command needs (checked locally, before anything is sent)
+NEEDS = {"tune": "tune", "continual": "stream"}
 SPEC_FILE = "spec.yaml"
 DATA_DIR = "data"
 # A job's working_dir is zipped and uploaded through the dashboard, which takes at most 100 MiB a
@@ -46,12 +49,23 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # ---- pure parts ------------------------------------------------------------------------------
 
 
+def missing_section(kind: str, sections: Any) -> str | None:
+    """'--kind K needs a `S:` section ...' when the spec (or its raw mapping) lacks what K's command needs."""
+    section = NEEDS.get(kind)
+    if section is None:
+        return None
+    has = sections.get(section) if isinstance(sections, dict) else getattr(sections, section, None)
+    if has is not None:
+        return None
+    return f"--kind {kind} needs a `{section}:` section (see configs/*{kind}*.yaml)"
+
+
 def entrypoint(kind: str) -> str:
     """The shell command a job of `kind` runs in its working_dir."""
     if kind not in KINDS:
         avail = ", ".join(KINDS)
         if kind in PLANNED:
-            raise SpecError(f"--kind {kind}: `raydl {kind}` is not available in this raydl yet; available now: {avail}")
+            raise SpecError(f"--kind {kind}: submitting `raydl {kind}` as a Ray job is not supported yet; available now: {avail}")
         raise SpecError(f"--kind {kind!r}: unknown kind; available: {avail} (planned: {', '.join(PLANNED)})")
     return f"raydl {KINDS[kind]} {SPEC_FILE}"
 

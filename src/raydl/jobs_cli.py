@@ -52,6 +52,8 @@ def load_submission(spec_path: str, overrides: list[str], kind: str, *, ships_da
 
     entry = jobs.entrypoint(kind)
     spec = load_spec(spec_path, overrides)
+    if missing := jobs.missing_section(kind, spec):
+        raise SpecError(f"{spec_path}: {missing}")
     jobs.check_storage_path(spec)
     local = jobs.shipped_source(spec) if ships_data else None
     if local is not None or spec.data.source in _builtins():

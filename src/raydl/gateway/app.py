@@ -38,7 +38,7 @@ MAX_LOG_CHUNK = 1 << 20
 
 class SubmitIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: str = Field("train", max_length=32, description="train (tune, continual: when this raydl has them)")
+    kind: str = Field("train", max_length=32, description="train, tune (needs a tune: section) or continual (needs a stream: section)")
     spec: dict[str, Any] | str = Field(..., description="the job spec: a mapping, or YAML text")
 
 

@@ -67,6 +67,8 @@ def check_spec(raw: Any, kind: str, team_dir: Path) -> JobSpec:
         jobs.entrypoint(kind)
     except SpecError as e:
         found.append(f"kind: {str(e).removeprefix('--kind ')}")
+    if missing := jobs.missing_section(kind, raw):
+        found.append(f"kind: {missing.removeprefix('--kind ')}")
     spec, problems = spec_and_problems(raw)
     found += problems
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
