@@ -76,6 +76,7 @@ def _cli(spec: Path, *args: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.bar
 @pytest.mark.parametrize("strategy", [{"strategy": "replay", "size": 300}, {"strategy": "ewc", "weight": 50.0, "fisher_samples": 300}],
                          ids=["replay", "ewc"])
 def test_a_new_process_continues_the_stream_from_the_previous_model_buffer_and_fisher(tmp_path, strategy):

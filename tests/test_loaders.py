@@ -137,6 +137,7 @@ DRIVER = textwrap.dedent("""
 
 
 @pytest.mark.slow
+@pytest.mark.bar
 def test_streamed_training_keeps_the_driver_within_a_quarter_of_the_data(tmp_path):
     rows, n_features = 1_500_000, 64
     src = tmp_path / "big"

@@ -23,7 +23,7 @@ from raydl.pipeline.scenario import digits_windows
 from raydl.pipeline.spec import load_pipeline
 from raydl.pipeline.state import State
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bar]
 
 
 RAY_START_FLAKE = "The current node timed out during startup"  # Ray's fixed 30 s wait, on an overloaded machine

@@ -66,6 +66,7 @@ def test_asha_stops_poor_trials_and_exports_the_best(tmp_path, ray_local):
     assert pd.read_csv(tmp_path / "runs" / "asha" / "trials.csv").shape[0] == 3
 
 
+@pytest.mark.bar
 def test_pbt_continues_from_the_parents_checkpoint(tmp_path, ray_local):
     p = write_spec(tmp_path, "pbt", {"space": {"optimizer.lr": {"grid": [GOOD, BAD]}},
                                      "scheduler": {"name": "pbt", "perturbation_interval": 1, "mutations": ["optimizer.lr"],
@@ -91,6 +92,7 @@ def test_pbt_continues_from_the_parents_checkpoint(tmp_path, ray_local):
     assert continued, "no PBT exploit happened"
 
 
+@pytest.mark.bar
 def test_optuna_is_reproducible_for_a_seed(tmp_path, ray_local):
     runs = []
     for name in ("optuna-a", "optuna-b"):
@@ -115,6 +117,7 @@ def test_one_trial_larger_than_the_cluster(tmp_path, ray_local):
     assert not (tmp_path / "runs" / "big" / "tune").exists()
 
 
+@pytest.mark.bar
 def test_resume_after_the_driver_is_killed(tmp_path):
     p = write_spec(tmp_path, "resume", {"space": {"optimizer.lr": {"grid": [GOOD, 0.003, 0.001]}},
                                         "max_concurrent_trials": 1}, epochs=2)

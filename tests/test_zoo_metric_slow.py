@@ -14,7 +14,7 @@ from raydl.inference import evaluate, predict
 from raydl.launch import train
 from raydl.spec import load_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bar]
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
