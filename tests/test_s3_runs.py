@@ -12,8 +12,10 @@ import pytest
 from clusters import DIGITS, RAYDL, Raydl, ray_env
 
 from raydl import storage
+from raydl.datasets import DATASETS
 from raydl.errors import DataError
 from raydl.model_dir import load_model
+from raydl.spec import DataSpec
 
 EPOCHS = 5
 
@@ -61,7 +63,9 @@ def test_train_on_s3_resume_after_a_killed_driver_then_serve_from_s3(s3_session,
     e = raydl("evaluate", mdir, "digits", "--json")
     assert e.returncode == 0, e.stderr
     assert json.loads(e.stdout)["eval_accuracy"] > 0.9
-    d = raydl("drift", "check", "--profile", storage.join(mdir, "profile.json"), "digits", "--model", mdir,
+    current = tmp_path / "digits.parquet"  # raydl drift reads files (Parquet/CSV), not built-in names
+    pq.write_table(DATASETS.get("digits").load(DataSpec(source="digits")), current)
+    d = raydl("drift", "check", "--profile", storage.join(mdir, "profile.json"), str(current), "--model", mdir,
               "--json", str(tmp_path / "drift.json"))
     assert d.returncode in (0, 3), d.stderr
     report = json.loads((tmp_path / "drift.json").read_text())

@@ -328,6 +328,7 @@ DRIVER = textwrap.dedent("""
 
 
 @pytest.mark.slow
+@pytest.mark.bar  # a memory bound: measured alone (see the note), not in CI's shared run
 def test_driver_memory_stays_far_below_the_data(tmp_path):
     """Its own driver process (and Ray); the peak RSS is reset after start-up, whose own peak
     (~350 MiB here, up to ~1 GiB under load) is Ray's and pyarrow's, not the pass's."""
