@@ -44,7 +44,7 @@ def write_spec(tmp_path, name: str, tune_section: dict, epochs: int = 2, **extra
     return p
 
 
-@pytest.mark.bar  # trials ASHA stops leave CPUs held on a shared cluster (see the README): not on CI's shared ray_local
+@pytest.mark.bar  # trials ASHA stops leave CPUs held on a shared cluster (a known bug): not on CI's shared ray_local
 def test_asha_stops_poor_trials_and_exports_the_best(tmp_path, ray_local):
     # grid order: the good trial and a bad one start together; the second bad one meets both at the
     # first rung (epoch 1) and is stopped there, before max_t.
