@@ -289,17 +289,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def with_value(raw: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    """A copy of `raw` with `value` at the dotted `path` (the mappings on the way copied, or made)."""
+    out = dict(raw)
+    node = out
+    for part in path[:-1]:
+        child = node.get(part)
+        child = dict(child) if isinstance(child, dict) else {}
+        node[part] = child
+        node = child
+    node[path[-1]] = value
+    return out
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     out = dict(raw)
     for text in overrides:
         path, value = parse_override(text)
-        node = out
-        for part in path[:-1]:
-            child = node.get(part)
-            child = dict(child) if isinstance(child, dict) else {}
-            node[part] = child
-            node = child
-        node[path[-1]] = value
+        out = with_value(out, path, value)
     return out
 
 

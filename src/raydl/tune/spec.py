@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from raydl.spec import Section
+from raydl.spec import Section, with_value
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint", "qrandint")
 
@@ -136,16 +136,7 @@ class TuneSpec(Section):
 
 
 def _with(raw: dict, dotted: str, value: Any) -> dict:
-    out = dict(raw)
-    node = out
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        child = dict(child) if isinstance(child, dict) else {}
-        node[part] = child
-        node = child
-    node[parts[-1]] = value
-    return out
+    return with_value(raw, dotted.split("."), value)
 
 
 def apply_config(raw: dict, config: dict[str, Any]) -> dict:
