@@ -177,11 +177,12 @@ def search_alg(ts: TuneSpec, concurrency: int):
 def trainable(search: Search):
     from ray import tune
 
-    from raydl.tune.trial import run_trial
+    from raydl.tune.trial import AbortOnStop, run_trial
 
     fn = tune.with_parameters(run_trial, base=search.base, search=search.spec.run.name, prepared=search.prepared,
                               manifest=search.manifest, launch_ts=search.launch_ts,
                               experiment_dir=str(search.experiment_dir))
+    fn.__mixins__ = (AbortOnStop,)  # a stopped trial ends its Train run (raydl.tune.trial.AbortOnStop)
     return tune.with_resources(fn, {"cpu": search.tune.driver_cpus})
 
 

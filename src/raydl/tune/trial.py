@@ -26,6 +26,34 @@ RESULT_TIMEOUT_S = 0.5
 ABORT_TIMEOUT_S = 30
 
 
+class _Live:
+    """The Train run this trial's process is running (one trial per actor: `reuse_actors=False`)."""
+
+    fit = None  # the task running `trainer.fit()`
+    controller = None  # the Train controller's handle, known from its first report
+
+    @classmethod
+    def end(cls) -> None:
+        """Abort the run (workers and placement group released), then cancel its task."""
+        import ray
+
+        _abort(cls.controller)
+        if cls.fit is not None:
+            ray.cancel(cls.fit, force=True)
+        cls.fit = cls.controller = None
+
+
+class AbortOnStop:
+    """Mixed into the trial's Trainable (Tune's `__mixins__` hook). Tune stops a trial (a
+    scheduler's decision, the time budget, PBT's exploit) by calling `stop()` and dropping the
+    actor: the trial function's thread dies with it, never reaching its own clean-up. Its Train
+    run must end here, before the actor goes, or its placement group holds CPUs for good."""
+
+    def cleanup(self) -> None:
+        _Live.end()
+        super().cleanup()
+
+
 class ForwardReports(UserCallback):
     """On the Train controller: each report of rank 0, its checkpoint's path and the controller's
     own handle (so that a stopped trial can abort the run) onto a queue."""
@@ -93,7 +121,7 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
                            worker_env={"WANDB_RUN_GROUP": search})
     # fit() runs in a task of this trial: when Tune stops the trial (a scheduler's decision, the
     # time budget, PBT's exploit), cancelling the task ends the Train controller and workers it owns.
-    fit = ray.remote(num_cpus=0, max_retries=0)(_fit).remote(trainer)
+    fit = _Live.fit = ray.remote(num_cpus=0, max_retries=0)(_fit).remote(trainer)
     last = None  # the run's last report: held back until its model directory is written
     controller = None
     try:
@@ -101,6 +129,7 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
             done = bool(ray.wait([fit], timeout=0)[0])
             try:
                 metrics, ckpt, controller = queue.get(timeout=RESULT_TIMEOUT_S)
+                _Live.controller = controller
             except Empty:
                 if done:
                     break
@@ -112,9 +141,9 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt) if ckpt else None)
         result = ray.get(fit)
     except BaseException:
-        _abort(controller)
-        ray.cancel(fit, force=True)
+        _Live.end()
         raise
+    _Live.fit = _Live.controller = None
     out = finish_run(spec, prepared, manifest, rdir, result)  # the model directory, result.json
     if last is not None:  # a scheduler may stop the trial on this report: it comes after the model
         metrics, ckpt = last
@@ -131,7 +160,7 @@ class _Ended:
 
 def _abort(controller) -> None:
     """Abort the Train run the way Ctrl-C does (its workers and placement group released). Killing
-    it is not enough: Ray Train's placement-group cleaner asks Ray's state API, which an embedded
+    it (or its owner) is not enough: Ray Train's placement-group cleaner asks Ray's state API, which an embedded
     Ray without a dashboard does not serve, so a killed run's group would hold its CPUs for good."""
     import ray
 
