@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ CONFIG = Path(__file__).parent.parent / "configs" / "digits_mlp.yaml"
 
 
 def _records(run_dir: Path) -> list[dict]:
-    wandb = shutil.which("wandb")
+    wandb = shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))  # the venv's, not on PATH
     out = subprocess.run([wandb, "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, timeout=60, check=True)
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
