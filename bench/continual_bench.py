@@ -37,6 +37,9 @@ RUNS = [
     ("rotated_digits", "replay", ["continual.size=500", "continual.policy=class_balanced"]),
     ("split_digits_tasks", "ewc", ["continual.weight=100.0", "continual.fisher_samples=500"]),
     ("split_digits_tasks", "naive", []),
+    ("rotated_digits", "naive", []),
+    ("split_digits", "agem", ["continual.size=500", "continual.batch_size=256"]),
+    ("permuted_digits", "agem", ["continual.size=500", "continual.batch_size=256"]),
 ]
 
 
