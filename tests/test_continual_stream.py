@@ -260,6 +260,11 @@ def test_the_multihead_model_scores_only_its_tasks_classes():
         assert live == [2 * task, 2 * task + 1]
     assert len(model.heads) == 5
     torch.testing.assert_close(out[1, 2:4], model.heads[1](model.trunk(x[1:2, :-1]))[0])
+    # a batch of one task: the other heads get zero gradients, not none (DDP needs every parameter used)
+    x[:, -1] = 2.0
+    model(x)[:, 4:6].sum().backward()
+    for t, head in enumerate(model.heads):
+        assert head.weight.grad is not None and (head.weight.grad.abs().sum() > 0) == (t == 2), t
 
 
 def test_every_strategy_is_registered_with_typed_parameters():

@@ -11,6 +11,8 @@ the backward pass the loop runs yields the projected gradient. Both g and r are 
 term itself (a forward and backward of the bare model on the batch and on the memory batch) and
 averaged across ranks (an all-reduce; every rank draws its own memory batch), so every rank takes
 the same decision and the step is A-GEM's on the global batch, which DDP's averaged gradient is.
+Costs: two more forward/backward passes a step; with batch norm, the two extra forwards (train
+mode) also move its running statistics, the memory batch's included.
 """
 
 from __future__ import annotations
