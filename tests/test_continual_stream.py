@@ -120,7 +120,7 @@ def test_a_stream_whose_experiences_have_other_columns_is_refused_with_one_line(
 
 
 @pytest.mark.parametrize("override, message", [
-    ("continual.strategy=rehearse", "continual.strategy: unknown continual strategy 'rehearse'; valid: cumulative, ewc, joint, lwf, naive, replay"),
+    ("continual.strategy=rehearse", "continual.strategy: unknown continual strategy 'rehearse'; valid: agem, cumulative, ewc, joint, lwf, naive, replay"),
     ("continual.size=0", "continual.size: Input should be greater than or equal to 1"),
     ("continual.size=90000000", "continual.size: a replay buffer of 90,000,000 rows x 65 columns needs"),
 ])
