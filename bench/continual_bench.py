@@ -3,8 +3,9 @@
 Each stream trains its experiences as ordinary 2-worker raydl runs (`raydl.continual.run_stream`)
 in one embedded Ray session; the figures are the average accuracy, forgetting and backward
 transfer after the last experience, and the accuracy matrix of seed 0. Results go to
-bench/continual_results.json after every stream (a partial run keeps what it finished; run again
-with the same --storage and an unfinished stream continues from its last experience), and
+bench/continual_results.json after every stream, merged with what is there then (a partial run
+keeps what it finished; two processes with disjoint --only sets can share the file; run again with
+the same --storage and an unfinished stream continues from its last experience), and
 `--table` prints the Markdown table for bench/RESULTS.md.
 
     python bench/continual_bench.py [--seeds 0 1 2] [--only split_digits:replay ...] [--table]
@@ -37,16 +38,24 @@ RUNS = [
     ("rotated_digits", "replay", ["continual.size=500", "continual.policy=class_balanced"]),
     ("split_digits_tasks", "ewc", ["continual.weight=100.0", "continual.fisher_samples=500"]),
     ("split_digits_tasks", "naive", []),
+    ("rotated_digits", "naive", []),
+    ("split_digits", "agem", ["continual.size=500", "continual.batch_size=256"]),
+    ("permuted_digits", "agem", ["continual.size=500", "continual.batch_size=256"]),
 ]
+
+
+def _read() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
 
 
 def run(seeds: list[int], only: set[str], storage: str) -> None:
     import ray
 
     from raydl.continual.run import run_stream
+    from raydl.paths import write_atomic
     from raydl.spec import load_spec
 
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results = _read()
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
         for scenario, strategy, extra in RUNS:  # every seed of a row before the next row (the bars first)
@@ -63,10 +72,11 @@ def run(seeds: list[int], only: set[str], storage: str) -> None:
                 except Exception as e:  # noqa: BLE001 (e.g. Ray's OOM killer on a shared machine): the next stream
                     print(f"{key}: failed after {time.time() - t0:.0f} s: {type(e).__name__}: {str(e)[:200]}", flush=True)
                     continue
-                results[key] = {k: out[k] for k in ("accuracy_matrix", "average_accuracy", "forgetting", "backward_transfer",
-                                                    "average_accuracy_curve", "train_rows", "seconds")}
-                results[key]["wall_s"] = time.time() - t0
-                RESULTS.write_text(json.dumps(results, indent=1))
+                row = {k: out[k] for k in ("accuracy_matrix", "average_accuracy", "forgetting", "backward_transfer",
+                                           "average_accuracy_curve", "train_rows", "seconds")}
+                row["wall_s"] = time.time() - t0
+                results = {**_read(), key: row}  # what another bench process wrote meanwhile is kept
+                write_atomic(RESULTS, json.dumps(results, indent=1))
                 print(f"{key}: average accuracy {out['average_accuracy']:.4f} ({time.time() - t0:.0f} s)", flush=True)
     finally:
         ray.shutdown()

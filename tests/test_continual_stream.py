@@ -120,7 +120,7 @@ def test_a_stream_whose_experiences_have_other_columns_is_refused_with_one_line(
 
 
 @pytest.mark.parametrize("override, message", [
-    ("continual.strategy=rehearse", "continual.strategy: unknown continual strategy 'rehearse'; valid: cumulative, ewc, joint, lwf, naive, replay"),
+    ("continual.strategy=rehearse", "continual.strategy: unknown continual strategy 'rehearse'; valid: agem, cumulative, ewc, joint, lwf, naive, replay"),
     ("continual.size=0", "continual.size: Input should be greater than or equal to 1"),
     ("continual.size=90000000", "continual.size: a replay buffer of 90,000,000 rows x 65 columns needs"),
 ])
@@ -260,6 +260,11 @@ def test_the_multihead_model_scores_only_its_tasks_classes():
         assert live == [2 * task, 2 * task + 1]
     assert len(model.heads) == 5
     torch.testing.assert_close(out[1, 2:4], model.heads[1](model.trunk(x[1:2, :-1]))[0])
+    # a batch of one task: the other heads get zero gradients, not none (DDP needs every parameter used)
+    x[:, -1] = 2.0
+    model(x)[:, 4:6].sum().backward()
+    for t, head in enumerate(model.heads):
+        assert head.weight.grad is not None and (head.weight.grad.abs().sum() > 0) == (t == 2), t
 
 
 def test_every_strategy_is_registered_with_typed_parameters():
@@ -312,3 +317,21 @@ def test_results_are_written_and_logged_to_wandb_offline(tmp_path):
     logged = json.loads(got.stdout)["summary"]
     assert (logged["average_accuracy"], logged["forgetting"], logged["backward_transfer"]) == pytest.approx((0.7, 0.5, -0.5))
     assert (logged["accuracy/exp1"], logged["accuracy/exp2"]) == (0.5, 0.9)
+
+
+def test_a_multihead_model_must_match_the_streams_task_layout():
+    from raydl.continual.run import _check
+
+    def spec(scenario: str, experiences: int, k: int):
+        return _spec(scenario, stream={"scenario": scenario, "experiences": experiences},
+                     model={"name": "multihead_mlp", "hidden": [8], "classes_per_task": k})
+
+    for ok in (spec("split_digits_tasks", 5, 2), spec("split_digits_tasks", 2, 5)):
+        _check(ok, build_stream(ok))
+    bad = spec("split_digits_tasks", 2, 2)  # 5 classes a task, 2 a head: classes 2-4 of task 0 would never be scored
+    with pytest.raises(SpecError, match=r"^model.classes_per_task: 2, but experience 1 \(classes 0,1,2,3,4\) has classes "
+                                        r"\[0, 1, 2, 3, 4\] under task id\(s\) \[0.0\].*set model.classes_per_task: 5"):
+        _check(bad, build_stream(bad))
+    no_task = spec("split_digits", 5, 2)  # the last pixel would be read as the task id
+    with pytest.raises(SpecError, match=r"^model.name: multihead_mlp reads the task id from the last feature column, 'task'"):
+        _check(no_task, build_stream(no_task))

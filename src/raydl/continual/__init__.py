@@ -119,4 +119,4 @@ def _naive(p: NaiveParams, spec: JobSpec) -> Strategy:
     return Naive()
 
 
-from raydl.continual import ewc, lwf, references, replay  # noqa: E402,F401  (registers the built-ins)
+from raydl.continual import agem, ewc, lwf, references, replay  # noqa: E402,F401  (registers the built-ins)

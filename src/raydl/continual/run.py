@@ -108,6 +108,30 @@ def _check(spec: JobSpec, stream: Stream) -> None:
     if TASK in stream.features and spec.data.standardize != "none":
         raise SpecError("data.standardize: a task-incremental stream's task id column must reach the model as it is; "
                         "set data.standardize: none")
+    _check_heads(spec, stream)
+
+
+def _check_heads(spec: JobSpec, stream: Stream) -> None:
+    """A multi-head model (one with `classes_per_task`) reads the task id from the last feature, and
+    task t's head scores classes t*k .. t*k+k-1: every experience's rows must be laid out so."""
+    from raydl.models import MODELS
+
+    k = getattr(MODELS.get(spec.model.name, "model.name").params.model_validate(spec.model.params), "classes_per_task", None)
+    if k is None:
+        return
+    if stream.features[-1:] != [TASK]:
+        raise SpecError(f"model.name: {spec.model.name} reads the task id from the last feature column, {TASK!r}; this stream's "
+                        f"last is {stream.features[-1:]} (use stream.scenario: split_digits_tasks, or put a {TASK!r} column last)")
+    index = {c: i for i, c in enumerate(stream.classes)}
+    for e in stream.experiences:
+        for rows in (e.pool, e.test):
+            task = rows.column(TASK).to_numpy(zero_copy_only=False)
+            ids = np.array([index[v] for v in rows.column(stream.label).to_pylist()])
+            if len(ids) and np.any(ids // k != np.round(task)):
+                classes = sorted(set(rows.column(stream.label).to_pylist()))
+                raise SpecError(f"model.classes_per_task: {k}, but experience {e.index + 1} ({e.name}) has classes {classes} under "
+                                f"task id(s) {sorted(set(task.tolist()))}; task t's head scores classes t*{k} .. t*{k}+{k - 1} "
+                                f"of {stream.classes} (set model.classes_per_task: {len(stream.classes) // len(stream)}?)")
 
 
 def run_stream(spec: JobSpec, *, address: str | None = None, until: int | None = None, restart: bool = False,

@@ -3,7 +3,8 @@
 The input's last feature is the task id (an integer, not standardised: `data.standardize: none`);
 the rest go through the trunk. Task t's head scores classes t*k .. t*k+k-1 (k = classes_per_task,
 as `split_digits_tasks` lays them out); the other classes get a large negative logit, so the
-ordinary cross-entropy, accuracy and predictions are those of the task's own head.
+ordinary cross-entropy, accuracy and predictions are those of the task's own head. The heads of
+other tasks get zero gradients (not none), so DDP finds every parameter used at every step.
 """
 
 from __future__ import annotations
@@ -46,12 +47,13 @@ class MultiHead(nn.Module):
         x = model_input(batch).flatten(1)
         task = x[:, -1].round().long().clamp(0, len(self.heads) - 1)
         h = self.trunk(x[:, :-1])
+        # Every head scores every row and the task picks one: a head no row of the batch belongs to
+        # still gets a (zero) gradient, as DDP needs of every parameter at every step.
+        scores = torch.stack([head(h) for head in self.heads], dim=1)  # [rows, heads, k]
+        own = scores[torch.arange(len(x), device=x.device), task]  # [rows, k]
+        cols = task[:, None] * self.k + torch.arange(self.k, device=x.device)
         out = h.new_full((len(x), self.n_outputs), MASKED)
-        for t, head in enumerate(self.heads):
-            rows = task == t
-            if rows.any():
-                out[rows, t * self.k : (t + 1) * self.k] = head(h[rows]).to(out.dtype)
-        return out
+        return out.scatter(1, cols, own.to(out.dtype))
 
 
 @register_model("multihead_mlp", MultiHeadParams, kinds=("tabular",))
