@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -94,19 +95,28 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
+RAY_SERVICES = ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env", "ray::Dash")
+
+
 class Sampler(threading.Thread):
-    """Peak RSS of the driver and of every Ray Train worker under it, every 0.2 s."""
+    """Peak RSS of the driver, of every Ray Train worker under it, and of the other Ray workers
+    (Ray Data's read/map tasks, the controller), every 0.2 s. RSS counts the object-store pages
+    a process has mapped (shared memory), so a worker reading zero-copy arrays shows them."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
-        self.pid, self.driver_kib, self.workers_kib, self.stop = pid, 0, {}, threading.Event()
+        self.pid, self.driver_kib, self.workers_kib, self.others_kib = pid, 0, {}, {}
+        self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
             self.driver_kib = max(self.driver_kib, _rss_kib(self.pid))
             for c in _descendants(self.pid):
-                if "RayTrainWorker" in _cmdline(c):
+                cmd = _cmdline(c)
+                if "RayTrainWorker" in cmd:
                     self.workers_kib[c] = max(self.workers_kib.get(c, 0), _rss_kib(c))
+                elif cmd.startswith("ray::") and not any(s in cmd for s in RAY_SERVICES):
+                    self.others_kib[c] = max(self.others_kib.get(c, 0), _rss_kib(c))
             time.sleep(0.2)
 
 
@@ -116,21 +126,29 @@ def run_raydl(data: Path, name: str, loader: str, overrides: list[str], runs_dir
     cmd = [exe, "train", str(spec), f"run.name={name}", f"run.storage_path={runs_dir}", f"data.source={data}",
            f"data.loader={loader}", *overrides, "--restart", "--json"]
     env = {**os.environ, "RAYDL_LAUNCH_TS": repr(time.time()), "RAY_USAGE_STATS_ENABLED": "0"}
-    t0 = time.time()
+    t0, load0 = time.time(), os.getloadavg()[0]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     sampler = Sampler(proc.pid)
     sampler.start()
     out, err = proc.communicate(timeout=3600)
     sampler.stop.set()
     sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-3000:]}")
-    m = json.loads(out.strip().splitlines()[-1])["metrics"]
     workers = sorted(sampler.workers_kib.values())
-    return {"loader": loader, "samples_per_sec": m["samples_per_sec"], "time_to_first_step_s": m["time_to_first_step_s"],
-            "wall_s": time.time() - t0, "driver_peak_mib": sampler.driver_kib / 1024,
-            "worker_peak_mib": [w / 1024 for w in workers], "test_accuracy": m.get("test_accuracy"),
-            "epochs": m["epochs_run"]}
+    seen = {"loader": loader, "name": name, "wall_s": time.time() - t0, "load_start": load0, "load_end": os.getloadavg()[0],
+            "driver_peak_mib": sampler.driver_kib / 1024, "worker_peak_mib": [w / 1024 for w in workers],
+            "other_ray_worker_peak_mib": max(sampler.others_kib.values(), default=0) / 1024,
+            "other_ray_workers_seen": len(sampler.others_kib)}  # worker processes started for tasks/actors
+    if proc.returncode != 0:  # recorded, and the study goes on with the next run
+        return {**seen, "error": f"exited {proc.returncode}: {err.strip()[-2000:]}"}
+    payload = json.loads(out.strip().splitlines()[-1])
+    m = payload["metrics"]
+    try:  # every epoch's samples/s (the reported figure is the median of epochs 2..N)
+        hist = json.loads((Path(payload["model_dir"]) / "metrics.json").read_text())["history"]
+    except (OSError, KeyError, ValueError):
+        hist = []
+    return {**seen, "samples_per_sec": m["samples_per_sec"], "time_to_first_step_s": m["time_to_first_step_s"],
+            "test_accuracy": m.get("test_accuracy"), "epochs": m["epochs_run"],
+            "history_samples_per_sec": [h["samples_per_sec"] for h in hist] or None}
 
 
 def machine() -> str:
@@ -140,9 +158,19 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem / 2**20:.0f} GiB, Python {platform.python_version()}, load {os.getloadavg()[0]:.1f} at start"
 
 
+def save(args, runs: list[dict], **extra) -> None:
+    """The study so far as one JSON file (--out), rewritten after every run."""
+    if args.out:
+        doc = {"study": args.study, "command": " ".join(sys.argv), "machine": args.machine, "started_utc": args.started,
+               "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra, "runs": runs}
+        tmp = Path(args.out).with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.replace(args.out)
+
+
 def scale(args) -> None:
     print(f"# machine: {machine()}", flush=True)
-    rows_out = []
+    rows_out: list[dict] = []
     for rows in args.sizes:
         data = write_data(Path(args.data) / f"rows-{rows}", rows)
         loaders = ["ray_data"] + (["in_memory"] if rows <= args.memory_max else [])
@@ -151,9 +179,13 @@ def scale(args) -> None:
             r["rows"] = rows
             print(json.dumps(r), flush=True)
             rows_out.append(r)
+            save(args, rows_out)
     print("\n| rows | loader | driver peak RSS | worker peak RSS (each) | rows/s | first step | wall | test acc |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows_out:
+        if "error" in r:
+            print(f"| {r['rows']:,} | {r['loader']} | {r['driver_peak_mib']:.0f} MiB | failed: {r['error'][-200:]} |")
+            continue
         w = ", ".join(f"{x:.0f}" for x in r["worker_peak_mib"])
         print(f"| {r['rows']:,} | {r['loader']} | {r['driver_peak_mib']:.0f} MiB | {w} MiB | {r['samples_per_sec']:,.0f} | "
               f"{r['time_to_first_step_s']:.1f} s | {r['wall_s']:.0f} s | {r['test_accuracy']:.3f} |")
@@ -161,15 +193,23 @@ def scale(args) -> None:
 
 def throughput(args) -> None:
     print(f"# machine: {machine()}", flush=True)
-    data = write_data(Path(args.data) / "rows-200000", 200_000)
+    data = write_data(Path(args.data) / f"rows-{args.rows}", args.rows)
     over = [f"training.epochs={args.epochs}", "training.batch_size=256", "model.hidden=[512,512]"]
     rates: dict[str, list[float]] = {"in_memory": [], "ray_data": []}
+    runs: list[dict] = []
     for i in range(args.runs):
-        for loader in ("in_memory", "ray_data"):
-            r = run_raydl(data, f"tput-{loader}-{i}", loader, over, Path(args.data) / "runs")
+        # --concurrent: both loaders at once, so they share whatever load the machine has.
+        with ThreadPoolExecutor(2 if args.concurrent else 1) as pool:
+            done = list(pool.map(lambda loader, i=i: run_raydl(data, f"tput-{loader}-{i}", loader, over, Path(args.data) / "runs"),
+                                 ("in_memory", "ray_data")))
+        for r in done:
             print(json.dumps(r), flush=True)
-            rates[loader].append(r["samples_per_sec"])
-    med = {k: statistics.median(v) for k, v in rates.items()}
+            runs.append(r)
+            if "error" not in r:
+                rates[r["loader"]].append(r["samples_per_sec"])
+        save(args, runs)
+    med = {k: statistics.median(v) if v else float("nan") for k, v in rates.items()}
+    save(args, runs, median_samples_per_sec=med, ratio=med["ray_data"] / med["in_memory"])
     print(f"\nsteady samples/s, medians of {args.runs}: in memory {med['in_memory']:,.0f}, streamed {med['ray_data']:,.0f}, "
           f"ratio {med['ray_data'] / med['in_memory']:.3f} (goal >= 0.9); runs: {json.dumps(rates)}")
 
@@ -186,8 +226,13 @@ def main() -> None:
     t.add_argument("--data", required=True)
     t.add_argument("--runs", type=int, default=3)
     t.add_argument("--epochs", type=int, default=4)
+    t.add_argument("--rows", type=int, default=200_000, help="rows of seeded data (the issue's figure: 200k)")
+    t.add_argument("--concurrent", action="store_true", help="run the two loaders of each pair at the same time")
     t.set_defaults(fn=throughput)
+    for sp in (s, t):
+        sp.add_argument("--out", help="write the runs as JSON here (e.g. bench/ingest_results_scale.json)")
     args = p.parse_args()
+    args.machine, args.started = machine(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     args.fn(args)
 
 
