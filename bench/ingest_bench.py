@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -120,7 +121,9 @@ class Sampler(threading.Thread):
             time.sleep(0.2)
 
 
-def run_raydl(data: Path, name: str, loader: str, overrides: list[str], runs_dir: Path) -> dict:
+def run_raydl(data: Path, name: str, loader: str, overrides: list[str], runs_dir: Path, limit_s: float = 3600) -> dict:
+    """One `raydl train`, sampled; past `limit_s` it gets SIGTERM (raydl stops cleanly) and the
+    figures sampled so far are returned with "stopped_after_s"."""
     spec = ROOT / "bench" / "ingest_bench.yaml"
     exe = shutil.which("raydl") or str(Path(sys.executable).with_name("raydl"))
     cmd = [exe, "train", str(spec), f"run.name={name}", f"run.storage_path={runs_dir}", f"data.source={data}",
@@ -130,7 +133,17 @@ def run_raydl(data: Path, name: str, loader: str, overrides: list[str], runs_dir
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     sampler = Sampler(proc.pid)
     sampler.start()
-    out, err = proc.communicate(timeout=3600)
+    stopped = None
+    try:
+        out, err = proc.communicate(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        stopped = time.time() - t0
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
     sampler.stop.set()
     sampler.join()
     workers = sorted(sampler.workers_kib.values())
@@ -138,6 +151,8 @@ def run_raydl(data: Path, name: str, loader: str, overrides: list[str], runs_dir
             "driver_peak_mib": sampler.driver_kib / 1024, "worker_peak_mib": [w / 1024 for w in workers],
             "other_ray_worker_peak_mib": max(sampler.others_kib.values(), default=0) / 1024,
             "other_ray_workers_seen": len(sampler.others_kib)}  # worker processes started for tasks/actors
+    if stopped is not None:
+        return {**seen, "stopped_after_s": stopped, "error": f"stopped after {stopped:.0f} s (--limit-s)"}
     if proc.returncode != 0:  # recorded, and the study goes on with the next run
         return {**seen, "error": f"exited {proc.returncode}: {err.strip()[-2000:]}"}
     payload = json.loads(out.strip().splitlines()[-1])
@@ -173,9 +188,10 @@ def scale(args) -> None:
     rows_out: list[dict] = []
     for rows in args.sizes:
         data = write_data(Path(args.data) / f"rows-{rows}", rows)
-        loaders = ["ray_data"] + (["in_memory"] if rows <= args.memory_max else [])
+        loaders = [x for x in args.loaders if x == "ray_data" or rows <= args.memory_max]
         for loader in loaders:
-            r = run_raydl(data, f"scale-{rows}-{loader}", loader, ["training.epochs=1"], Path(args.data) / "runs")
+            r = run_raydl(data, f"scale-{rows}-{loader}{args.tag}", loader, ["training.epochs=1"], Path(args.data) / "runs",
+                          args.limit_s)
             r["rows"] = rows
             print(json.dumps(r), flush=True)
             rows_out.append(r)
@@ -221,6 +237,10 @@ def main() -> None:
     s.add_argument("--data", required=True)
     s.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 20_000_000])
     s.add_argument("--memory-max", type=int, default=5_000_000, help="largest size the in-memory path runs at")
+    s.add_argument("--loaders", nargs="+", choices=["ray_data", "in_memory"], default=["ray_data", "in_memory"])
+    s.add_argument("--tag", default="", help="appended to the run names (two studies at once)")
+    s.add_argument("--limit-s", type=float, default=3600, help="stop a run (SIGTERM) after this many seconds; "
+                   "its memory peaks so far are still recorded")
     s.set_defaults(fn=scale)
     t = sub.add_parser("throughput")
     t.add_argument("--data", required=True)
