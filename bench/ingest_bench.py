@@ -15,6 +15,9 @@ Two studies, each running `raydl train` end to end as a subprocess (its own embe
 Usage:
   python bench/ingest_bench.py scale --data /tmp/raydl-bench [--sizes 1000000 5000000 20000000]
   python bench/ingest_bench.py throughput --data /tmp/raydl-bench --runs 3 --epochs 4
+  --out FILE writes the runs as JSON after each; scale --limit-s N stops a run after N s (its memory
+  peaks so far are kept); throughput --concurrent runs both loaders of a pair at once (only meaningful
+  when both are in their steady epochs at the same time: check the per-epoch figures).
 
 Prints one JSON object per run and a Markdown table at the end (pasted into bench/RESULTS.md).
 This is a script, not a test: nothing here asserts on time.
