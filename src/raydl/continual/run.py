@@ -114,9 +114,9 @@ def _check(spec: JobSpec, stream: Stream) -> None:
 def _check_heads(spec: JobSpec, stream: Stream) -> None:
     """A multi-head model (one with `classes_per_task`) reads the task id from the last feature, and
     task t's head scores classes t*k .. t*k+k-1: every experience's rows must be laid out so."""
-    from raydl.models import MODELS
+    from raydl.models import model_params
 
-    k = getattr(MODELS.get(spec.model.name, "model.name").params.model_validate(spec.model.params), "classes_per_task", None)
+    k = getattr(model_params(spec.model), "classes_per_task", None)
     if k is None:
         return
     if stream.features[-1:] != [TASK]:

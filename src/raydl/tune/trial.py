@@ -119,17 +119,14 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
                            report_every_epoch=True, callbacks=(ForwardReports(queue),),
                            start_from=start.path if start is not None else None,
                            worker_env={"WANDB_RUN_GROUP": search})
-    # fit() runs in a task of this trial: when Tune stops the trial (a scheduler's decision, the
-    # time budget, PBT's exploit), cancelling the task ends the Train controller and workers it owns.
+    # fit() runs in a task of this trial, which `_Live.end` aborts when the trial fails or Tune stops it.
     fit = _Live.fit = ray.remote(num_cpus=0, max_retries=0)(_fit).remote(trainer)
     last = None  # the run's last report: held back until its model directory is written
-    controller = None
     try:
         while True:
             done = bool(ray.wait([fit], timeout=0)[0])
             try:
-                metrics, ckpt, controller = queue.get(timeout=RESULT_TIMEOUT_S)
-                _Live.controller = controller
+                metrics, ckpt, _Live.controller = queue.get(timeout=RESULT_TIMEOUT_S)
             except Empty:
                 if done:
                     break
