@@ -182,6 +182,23 @@ def test_regression_target_stats_and_inferred_task(tmp_path):
 
 # -- split datasets ----------------------------------------------------------------------
 
+def test_shuffled_train_split_reads_its_files_in_a_new_order_each_epoch(sources):
+    """Same rows every epoch, in another file order each execution; not shuffled: one order."""
+    src = open_source(DataSpec(source=sources["seven"], label="y"))
+    stats = src.stats(SEED, FRACTIONS)
+    def epochs(shuffle: bool, n: int = 4) -> list[np.ndarray]:
+        train = src.split_datasets(stats, SEED, FRACTIONS, shuffle=shuffle)["train"]
+        train.context.execution_options.preserve_order = True  # the row order is then the file order
+        return [np.concatenate([b["x"][:, 0] for b in train.iter_batches(batch_format="numpy", batch_size=None)])
+                for _ in range(n)]
+
+    shuffled = epochs(True)
+    assert all(np.array_equal(np.sort(e), np.sort(shuffled[0])) for e in shuffled)
+    assert len({e.tobytes() for e in shuffled}) > 1
+    plain = epochs(False, 2)
+    assert np.array_equal(plain[0], plain[1]) and np.array_equal(np.sort(plain[0]), np.sort(shuffled[0]))
+
+
 def test_split_datasets_are_model_ready(table, sources, one_stats):
     X, _, part = in_memory_split(table)
     out = collect(open_source(DataSpec(source=sources["one"], label="y")), one_stats)

@@ -105,7 +105,7 @@ class Streamed:
 
     def datasets(self, spec: JobSpec) -> dict:
         d = spec.data
-        parts = self.source.split_datasets(self.stats, d.seed, fractions(d))
+        parts = self.source.split_datasets(self.stats, d.seed, fractions(d), spec.training.shuffle)
         return {k: v for k, v in parts.items() if k != "test" or self.stats.n_test}
 
     def sample_inputs(self, spec: JobSpec, rows: int = 256) -> dict[str, np.ndarray]:

@@ -87,7 +87,7 @@ def check_address(address: str, where: str = "--address", timeout: float = 2.0) 
 
 
 # Ray Data's file listing (the first operator of every read) asks for one CPU, even when the read
-# and preprocessing tasks ask for none (raydl.source.TASK_ARGS). With every CPU held by Ray Train's
+# and preprocessing tasks ask for none (raydl.source.task_args). With every CPU held by Ray Train's
 # workers it would wait forever, so a streamed run needs one CPU beyond the workers'.
 STREAM_CPUS = 1
 

@@ -10,6 +10,7 @@ in-memory path names a row. `Source.split_datasets(...)` gives lazy model-ready 
 from __future__ import annotations
 
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +35,26 @@ from raydl.source_batches import (
 )
 from raydl.spec import DataSpec
 
-BATCH_ROWS = 65536
-# Ray Data's read and map tasks ask for no CPU: Ray Train reserves the workers' CPUs, and the
-# decoding shares the workers' cores, which mostly wait for batches anyway. (Ray Data's own
-# ListFiles task still asks for one: `raydl.launch` leaves one free in an embedded Ray.)
-TASK_ARGS = {"num_cpus": 0}
+# The per-batch functions take whole blocks (batch_size=None): a map with a batch size is not fused
+# into the read, and an unfused pass runs twice the tasks (and worker processes) and copies every
+# block through the object store once more.
+BLOCK = None
 SPLITS = ("train", "val", "test")
+
+
+def task_args(read: bool = False) -> dict:
+    """Ray Data's read and map tasks ask for no CPU: Ray Train reserves the workers' CPUs, and the
+    decoding shares the workers' cores, which mostly wait for batches anyway. (Ray Data's own
+    ListFiles task still asks for one: `raydl.session` leaves one free in an embedded Ray.) A task
+    that asks for nothing is never held back by the scheduler, so at most one per cluster CPU runs
+    at once: uncapped, a 5M-row pass started 37-74 worker processes on 2 cores (bench/RESULTS.md).
+    (Ray Data warns when a cap is above the number of blocks to read; for a small source it is.)"""
+    import ray
+    import ray.data
+
+    warnings.filterwarnings("ignore", "The maximum number of concurrent tasks", UserWarning)
+    cap = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return {"num_cpus": 0, **({"concurrency": cap} if read else {"compute": ray.data.TaskPoolStrategy(size=cap)})}
 
 
 def _numeric(t: pa.DataType) -> bool:
@@ -79,12 +94,12 @@ class Source:
     label_type: pa.DataType
     kind: str  # "parquet" | "csv"
 
-    @property
-    def dataset(self):
+    def read(self, shuffle_seed: int | None = None):
         """The lazy Ray Data read (not executed; rows carry their file in PATH when they can).
-        Made on first use, so checking a source never starts Ray."""
+        Made on use, so checking a source never starts Ray. With `shuffle_seed`, every execution
+        (every epoch) reads the files in another seeded order."""
         ids = [self.spec.id_column] if self.spec.id_column else []
-        return _read(self.spec.source, self.kind, self.schema, self.features, [self.label, *ids])
+        return _read(self.spec.source, self.kind, self.schema, self.features, [self.label, *ids], shuffle_seed)
 
     @property
     def _cols(self) -> Columns:
@@ -115,7 +130,7 @@ class Source:
 
     def _pass(self, seed: int, fractions: tuple, task: str, profile: ProfilePass) -> Partial:
         fn = StatsPass(self._cols, seed, tuple(fractions), task != "regression", profile)
-        states = self.dataset.map_batches(fn, batch_format="pyarrow", batch_size=BATCH_ROWS, **TASK_ARGS)
+        states = self.read().map_batches(fn, batch_format="pyarrow", batch_size=BLOCK, **task_args())
         total = Partial.empty(self.features, profile)
         try:  # merged as they come: the driver holds one partial at a time, not one per batch
             for b in states.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -141,8 +156,8 @@ class Source:
 
     def raw_split(self, seed: int, fractions: tuple[float, float, float], part: int = 0):
         """A lazy dataset of one split's raw feature columns (train: part 0)."""
-        return self.dataset.map_batches(RawRows(self._cols, seed, tuple(fractions), part),
-                                        batch_format="pyarrow", batch_size=BATCH_ROWS, **TASK_ARGS)
+        return self.read().map_batches(RawRows(self._cols, seed, tuple(fractions), part),
+                                        batch_format="pyarrow", batch_size=BLOCK, **task_args())
 
     def _decide(self, p: Partial, standardize: str, task: str, min_train_rows: int) -> SourceStats:
         n_train, n_val, n_test = (int(v) for v in p.rows)
@@ -166,10 +181,14 @@ class Source:
         return SourceStats(n_train, n_val, n_test, list(self.features), self.label, task, classes,
                            mean.tolist(), std.tolist(), t_mean, t_std, fp)
 
-    def split_datasets(self, stats: SourceStats, seed: int, fractions: tuple[float, float, float]) -> dict:
-        """Lazy datasets "train", "val", "test" with columns x (float32 [F]) and y; nothing runs."""
-        return {name: self.dataset.map_batches(ModelReady(self._cols, stats, seed, tuple(fractions), i),
-                                               batch_format="pyarrow", batch_size=BATCH_ROWS, **TASK_ARGS)
+    def split_datasets(self, stats: SourceStats, seed: int, fractions: tuple[float, float, float],
+                       shuffle: bool = False) -> dict:
+        """Lazy datasets "train", "val", "test" with columns x (float32 [F]) and y; nothing runs.
+        With `shuffle`, the train split reads its files in a new seeded order every epoch (the
+        workers' local shuffle buffer then mixes rows across the files being read)."""
+        return {name: self.read(seed if shuffle and name == "train" else None).map_batches(
+                    ModelReady(self._cols, stats, seed, tuple(fractions), i),
+                    batch_format="pyarrow", batch_size=BLOCK, **task_args())
                 for i, name in enumerate(SPLITS)}
 
 
@@ -277,7 +296,8 @@ def _schema(source: str, kind: str) -> pa.Schema:
         raise _cannot_read(source, kind, e) from None
 
 
-def _read(source: str, kind: str, schema: pa.Schema, features: list[str], others: list[str]):
+def _read(source: str, kind: str, schema: pa.Schema, features: list[str], others: list[str],
+          shuffle_seed: int | None = None):
     """Only the columns used, each row naming its file. CSV files are parsed with the types
     found on the driver (number features as float64), as `datasets.read_table` parses them: a
     later file whose inference would differ fails with a one-line error, not a schema clash."""
@@ -287,15 +307,23 @@ def _read(source: str, kind: str, schema: pa.Schema, features: list[str], others
     fs, path = storage.filesystem(source)  # an s3:// endpoint from the environment, short timeouts
     paths = PATH not in schema.names
     columns = [*features, *others]
+    args = task_args(read=True)
+    if shuffle_seed is not None:  # a new order per execution, derived from the seed
+        args["shuffle"] = ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
     try:
         if kind == "parquet":
-            return ray.data.read_parquet(path, filesystem=fs, columns=columns, include_paths=paths, **TASK_ARGS)
-        types = {c: schema.field(c).type for c in columns}
-        types.update({c: pa.float64() for c in features if not pa.types.is_boolean(types[c])})
-        options = pcsv.ConvertOptions(column_types=types, include_columns=columns)
-        return ray.data.read_csv(path, filesystem=fs, convert_options=options, include_paths=paths, **TASK_ARGS)
+            ds = ray.data.read_parquet(path, filesystem=fs, columns=columns, include_paths=paths, **args)
+        else:
+            types = {c: schema.field(c).type for c in columns}
+            types.update({c: pa.float64() for c in features if not pa.types.is_boolean(types[c])})
+            options = pcsv.ConvertOptions(column_types=types, include_columns=columns)
+            ds = ray.data.read_csv(path, filesystem=fs, convert_options=options, include_paths=paths, **args)
     except (ValueError, OSError, pa.ArrowException) as e:
         raise _cannot_read(source, kind, e) from None
+    # A file whose column cannot be cast fails in the map function fused into the read: keep its
+    # Arrow error as the task error's cause (Ray Data would wrap it in a bare UserCodeException).
+    ds.context.raise_original_map_exception = True
+    return ds
 
 
 def _check_columns(spec: DataSpec, schema: pa.Schema) -> tuple[list[str], str]:
