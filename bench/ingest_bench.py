@@ -110,6 +110,7 @@ class Sampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.driver_kib, self.workers_kib, self.others_kib = pid, 0, {}, {}
+        self.others_names: dict[int, set[str]] = {}  # what each of those processes was seen running
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -121,7 +122,17 @@ class Sampler(threading.Thread):
                     self.workers_kib[c] = max(self.workers_kib.get(c, 0), _rss_kib(c))
                 elif cmd.startswith("ray::") and not any(s in cmd for s in RAY_SERVICES):
                     self.others_kib[c] = max(self.others_kib.get(c, 0), _rss_kib(c))
+                    self.others_names.setdefault(c, set()).add(cmd.split("(")[0].split()[0])
             time.sleep(0.2)
+
+
+def _by_name(names: dict[int, set[str]]) -> dict[str, int]:
+    """How many processes were seen running each kind of task or actor (ray::IDLE included)."""
+    counts: dict[str, int] = {}
+    for seen in names.values():
+        for n in seen:
+            counts[n] = counts.get(n, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def run_raydl(data: Path, name: str, loader: str, overrides: list[str], runs_dir: Path, limit_s: float = 3600) -> dict:
@@ -153,7 +164,8 @@ def run_raydl(data: Path, name: str, loader: str, overrides: list[str], runs_dir
     seen = {"loader": loader, "name": name, "wall_s": time.time() - t0, "load_start": load0, "load_end": os.getloadavg()[0],
             "driver_peak_mib": sampler.driver_kib / 1024, "worker_peak_mib": [w / 1024 for w in workers],
             "other_ray_worker_peak_mib": max(sampler.others_kib.values(), default=0) / 1024,
-            "other_ray_workers_seen": len(sampler.others_kib)}  # worker processes started for tasks/actors
+            "other_ray_workers_seen": len(sampler.others_kib),  # worker processes started for tasks/actors
+            "other_ray_workers_by_name": _by_name(sampler.others_names)}
     if stopped is not None:
         return {**seen, "stopped_after_s": stopped, "error": f"stopped after {stopped:.0f} s (--limit-s)"}
     if proc.returncode != 0:  # recorded, and the study goes on with the next run

@@ -27,22 +27,9 @@ FEATURES = ["f0", "f1", "f2", "f3"]
 
 @pytest.fixture(scope="module", autouse=True)
 def quiet_ray(ray_local):
-    """No progress bars; Parquet through Ray Data's V1 reader, whose executions start in 0.2 s
-    here where V2's (the default) spend about 2 s in its ListFiles stage. The tests marked
-    `datasource_v2` and the driver-memory test (its own driver) use the default V2 reader."""
+    """No progress bars."""
     ctx = ray_local.data.DataContext.get_current()
     ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
-    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
-    yield
-    ctx.use_datasource_v2 = v2
-
-
-@pytest.fixture
-def datasource_v2(ray_local):
-    ctx = ray_local.data.DataContext.get_current()
-    ctx.use_datasource_v2 = True
-    yield
-    ctx.use_datasource_v2 = False
 
 
 def make_table(n: int = 3000, seed: int = 0) -> pa.Table:
@@ -158,7 +145,7 @@ def test_global_and_no_standardisation(table, sources):
     assert (none.task, none.classes, none.target_mean, none.target_std) == ("regression", [], 0.0, 1.0)
 
 
-def test_stats_identical_for_one_file_and_seven_files(sources, one_stats, datasource_v2):
+def test_stats_identical_for_one_file_and_seven_files(sources, one_stats):
     seven = open_source(DataSpec(source=sources["seven"], label="y")).stats(SEED, FRACTIONS)
     assert (seven.n_train, seven.n_val, seven.n_test, seven.classes, seven.fingerprint) == (
         one_stats.n_train, one_stats.n_val, one_stats.n_test, one_stats.classes, one_stats.fingerprint)

@@ -93,13 +93,14 @@ class Source:
     label: str
     label_type: pa.DataType
     kind: str  # "parquet" | "csv"
+    files: int
 
     def read(self, shuffle_seed: int | None = None):
         """The lazy Ray Data read (not executed; rows carry their file in PATH when they can).
         Made on use, so checking a source never starts Ray. With `shuffle_seed`, every execution
         (every epoch) reads the files in another seeded order."""
         ids = [self.spec.id_column] if self.spec.id_column else []
-        return _read(self.spec.source, self.kind, self.schema, self.features, [self.label, *ids], shuffle_seed)
+        return _read(self.spec.source, self.kind, self.schema, self.features, [self.label, *ids], self.files, shuffle_seed)
 
     @property
     def _cols(self) -> Columns:
@@ -261,9 +262,9 @@ def open_source(spec: DataSpec) -> Source:
     if spec.source in DATASETS:
         raise DataError(f"data.source: {spec.source!r} is a built-in dataset; open_source reads Parquet/CSV files")
     kind = _format_of(spec.source, spec.format)
-    schema = _schema(spec.source, kind)
+    schema, files = _schema(spec.source, kind)
     features, label = _check_columns(spec, schema)
-    return Source(spec, schema, features, label, schema.field(label).type, kind)
+    return Source(spec, schema, features, label, schema.field(label).type, kind, files)
 
 
 def _read_failure(e: Exception) -> bool:
@@ -283,20 +284,22 @@ def _cannot_read(source: str, kind: str, e: Exception) -> DataError:
     return DataError(f"data.source: cannot read {source!r} as {kind}: {first}")
 
 
-def _schema(source: str, kind: str) -> pa.Schema:
-    """The schema only (Parquet footers; the first block of a CSV), as `datasets.read_table` sees it."""
+def _schema(source: str, kind: str) -> tuple[pa.Schema, int]:
+    """The schema only (Parquet footers; the first block of a CSV), as `datasets.read_table` sees
+    it, and how many files there are."""
     import pyarrow.dataset as pds
 
     if not _is_uri(source) and not Path(source).exists():
         raise DataError(f"data.source: no file or directory at {source!r} (and it is not a built-in dataset: {', '.join(DATASETS.names())})")
     fs, path = storage.filesystem(source)
     try:
-        return pds.dataset(path, format=kind, filesystem=fs).schema
+        ds = pds.dataset(path, format=kind, filesystem=fs)
+        return ds.schema, len(ds.files)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, FileNotFoundError) as e:
         raise _cannot_read(source, kind, e) from None
 
 
-def _read(source: str, kind: str, schema: pa.Schema, features: list[str], others: list[str],
+def _read(source: str, kind: str, schema: pa.Schema, features: list[str], others: list[str], files: int,
           shuffle_seed: int | None = None):
     """Only the columns used, each row naming its file. CSV files are parsed with the types
     found on the driver (number features as float64), as `datasets.read_table` parses them: a
@@ -307,12 +310,13 @@ def _read(source: str, kind: str, schema: pa.Schema, features: list[str], others
     fs, path = storage.filesystem(source)  # an s3:// endpoint from the environment, short timeouts
     paths = PATH not in schema.names
     columns = [*features, *others]
-    args = task_args(read=True)
+    # One read task per file: a read split further into blocks is not fused with the map after it.
+    args = {**task_args(read=True), "override_num_blocks": max(files, 1)}
     if shuffle_seed is not None:  # a new order per execution, derived from the seed
         args["shuffle"] = ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
     try:
         if kind == "parquet":
-            ds = ray.data.read_parquet(path, filesystem=fs, columns=columns, include_paths=paths, **args)
+            ds = _read_parquet_v1(path, filesystem=fs, columns=columns, include_paths=paths, **args)
         else:
             types = {c: schema.field(c).type for c in columns}
             types.update({c: pa.float64() for c in features if not pa.types.is_boolean(types[c])})
@@ -324,6 +328,21 @@ def _read(source: str, kind: str, schema: pa.Schema, features: list[str], others
     # Arrow error as the task error's cause (Ray Data would wrap it in a bare UserCodeException).
     ds.context.raise_original_map_exception = True
     return ds
+
+
+def _read_parquet_v1(path: str, **kwargs):
+    """`ray.data.read_parquet` through Ray Data's first Parquet reader. The second (Ray 2.60's
+    default) starts 32 FooterReader actors, each a new Python process, for every execution of a
+    read: the statistics pass, each epoch's train and validation passes, the test pass. On 2 cores
+    a 1M-row, 1-epoch run started 34 of them (bench/RESULTS.md); the first reader starts none."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()  # read when the read is planned, i.e. here
+    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(path, **kwargs)
+    finally:
+        ctx.use_datasource_v2 = v2
 
 
 def _check_columns(spec: DataSpec, schema: pa.Schema) -> tuple[list[str], str]:
