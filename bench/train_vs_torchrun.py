@@ -230,19 +230,19 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800, help="per command, seconds")
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
     ap.add_argument("--raw", help="also write the raw per-run results here (JSON)")
-    ap.add_argument("--from-raw", help="skip the runs: re-render from a --raw file")
+    ap.add_argument("--from-raw", nargs="+", help="skip the runs: re-render from --raw files (merged)")
     ap.add_argument("--notes-file", help="markdown appended to the section (analysis)")
     args = ap.parse_args()
 
-    argv, skip = [], False
-    for a in sys.argv[1:]:  # the command to reproduce: without the bookkeeping options
-        if not skip and a not in ("--raw", "--from-raw", "--notes-file", "--no-write"):
-            argv.append(a)
-        skip = a in ("--raw", "--from-raw", "--notes-file")
+    argv = [a for a in sys.argv[1:] if a != "--no-write"]  # the command to reproduce
+    for opt in ("--raw", "--notes-file"):  # bookkeeping options and their value
+        if opt in argv:
+            del argv[argv.index(opt):argv.index(opt) + 2]
     reproduce = "python bench/train_vs_torchrun.py " + shlex.join(argv)
     if args.from_raw:
-        saved = json.loads(Path(args.from_raw).read_text())
-        res, reproduce = saved["results"], saved["reproduce"]
+        saved = [json.loads(Path(f).read_text()) for f in args.from_raw]
+        res = {k: v for s in saved for k, v in s["results"].items()}
+        reproduce = "`; `".join(s["reproduce"] for s in saved)
     else:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
