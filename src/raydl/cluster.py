@@ -25,8 +25,6 @@ from pathlib import Path
 
 from raydl.errors import ResourceError
 
-PRELOAD = "torch,torch._dynamo,ray.train.torch"  # what a Train worker imports before its first step
-
 
 def home() -> Path:
     return Path(os.environ.get("RAYDL_HOME", Path.home() / ".raydl"))
@@ -164,11 +162,7 @@ def up(num_cpus: int | None = None) -> LocalHead:
     # workers hold theirs (see raydl.session.STREAM_CPUS); it shares the cores with them.
     cpus = num_cpus or (os.cpu_count() or 1) + 1
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-           # Every worker process of this head imports these as it starts, idle pool workers too: an
-           # actor placed on a started worker skips torch, Ray Train and DDP's lazy torch._dynamo import.
-           # Two tiny runs each at load 26-34: first step 61, 62 s vs 74, 85 s (bench/RESULTS.md #14).
-           "RAY_preload_python_modules": os.environ.get("RAY_preload_python_modules", PRELOAD)}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
     cmd = [ray_bin, "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}", f"--num-cpus={cpus}",
            "--include-dashboard=false", "--disable-usage-stats",
            f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
