@@ -131,7 +131,9 @@ class WarmHead:
 
     def __enter__(self) -> dict:
         t0 = time.time()
-        subprocess.run([self.exe, "cluster", "up"], env=self.env, check=True, capture_output=True, text=True)
+        p = subprocess.run([self.exe, "cluster", "up"], env=self.env, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"raydl cluster up exited {p.returncode}: {p.stderr.strip()[-2000:]}")
         self.up_s = time.time() - t0
         return self.env
 
@@ -140,13 +142,13 @@ class WarmHead:
         shutil.rmtree(self.env["RAYDL_HOME"], ignore_errors=True)
 
 
-def measure(args, env: dict) -> dict:
+def measure(args, env: dict, save) -> dict:
     """{where: {case: {"torchrun": [runs], loader: [runs]}}, "short": [runs]}; sides alternate per run."""
     res: dict = {}
     for where in args.where:
         head = WarmHead(env) if where == "warm" else None
-        run_env = head.__enter__() if head else env
         try:
+            run_env = head.__enter__() if head else env
             res[where] = {}
             for case_name in args.cases:
                 case, sides = CASES[case_name], ["torchrun", *args.loaders]
@@ -160,6 +162,7 @@ def measure(args, env: dict) -> dict:
                                      "RAYDL_LAUNCH_TS", args.timeout)
                         got[side].append(r)
                         print(f"[{where} {case_name} {i}] {side}: {json.dumps(r)}", file=sys.stderr, flush=True)
+                        save(res)  # so far: a pass stopped half-way still renders
             if where == "warm" and args.short_runs:
                 res["short"] = [_run(raydl_cmd(CASES["digits_mlp"], f"bench-short-{i}", "in_memory", 1), run_env,
                                      "RAYDL_LAUNCH_TS", args.timeout) for i in range(args.short_runs)]
@@ -183,17 +186,17 @@ def render(res: dict, mach: dict, reproduce: str, runs: int) -> str:
     L = [SECTION, "",
          f"Machine: {mach['nproc']} CPUs ({mach['cpu']}), {mach['ram']} RAM, Python {mach['python']}, torch "
          f"{mach['torch']}, ray {mach['ray']}. Shared: the load column is the 1-minute load average at each "
-         f"launch (min-max). {runs} runs per side, alternating; medians.", "", f"Reproduce: `{reproduce}`", ""]
+         f"launch (min-max). Up to {runs} runs per side, alternating; medians.", "", f"Reproduce: `{reproduce}`", ""]
     for where in ("embedded", "warm"):
         if where not in res:
             continue
         L += [f"**{where}** ({'`ray.init` inside `raydl train`' if where == 'embedded' else 'a `raydl cluster up` head'}):", "",
               "| case | data path | samples/s raydl / torchrun | ratio | first step s raydl / torchrun | ratio | "
-              "end of run s raydl / torchrun | load |", "|---|---|---:|---:|---:|---:|---:|---|"]
+              "end of run s raydl / torchrun | load | runs |", "|---|---|---:|---:|---:|---:|---:|---|---|"]
         for case_name, sides in res[where].items():
             t = sides["torchrun"]
             for loader, rr in sides.items():
-                if loader == "torchrun":
+                if loader == "torchrun" or not rr or not t:  # a pass stopped before this side ran
                     continue
                 rate = _med(rr, "samples_per_sec") / _med(t, "samples_per_sec")
                 first = _med(rr, "time_to_first_step_s") / _med(t, "time_to_first_step_s")
@@ -203,7 +206,7 @@ def render(res: dict, mach: dict, reproduce: str, runs: int) -> str:
                     f"{rate:.3f} ({ok(rate >= GOAL_RATE)}) | {_med(rr, 'time_to_first_step_s'):.1f} / "
                     f"{_med(t, 'time_to_first_step_s'):.1f} | {first:.2f}x"
                     f"{f' ({ok(first <= goal_first)})' if goal_first else ''} | {_med(rr, 'end_s'):.2f} / "
-                    f"{_med(t, 'end_s'):.2f} ({ok(_med(rr, 'end_s') < GOAL_END)}) | {_loads(rr + t)} |")
+                    f"{_med(t, 'end_s'):.2f} ({ok(_med(rr, 'end_s') < GOAL_END)}) | {_loads(rr + t)} | {len(rr)} / {len(t)} |")
         L.append("")
     if "short" in res:
         s, t = res["short"], res.get("warm", res.get("embedded", {})).get("digits_mlp", {}).get("torchrun")
@@ -251,9 +254,12 @@ def main() -> None:
             from ingest_bench import write_data  # seeded; written once
 
             write_data(DATA, 200_000)
-        res = measure(args, env)
-        if args.raw:
-            Path(args.raw).write_text(json.dumps({"results": res, "reproduce": reproduce}, indent=1))
+        def save(res: dict) -> None:
+            if args.raw:
+                Path(args.raw).write_text(json.dumps({"results": res, "reproduce": reproduce}, indent=1))
+
+        res = measure(args, env, save)
+        save(res)
     body = render(res, machine(), reproduce, args.runs)
     if args.notes_file:
         body += "\n" + Path(args.notes_file).read_text()
