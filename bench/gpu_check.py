@@ -11,8 +11,9 @@ Cases:
 raydl side: `raydl train CONFIG scaling.use_gpu=true scaling.num_workers=<GPUs> training.precision=bf16-mixed`
 (steady samples/s: the median over epochs 2..N that raydl reports). PyTorch side: the same model built by
 raydl's registry on the same prepared split, the train split as GPU tensors sliced per batch (the fastest
-baseline), one process per GPU (torch.multiprocessing + NCCL), AdamW, bf16 autocast, the same per-GPU batch;
-samples/s per epoch, median over epochs 2..N. Prints one JSON line per run and a table with the ratios.
+baseline), one process per GPU (torch.multiprocessing + NCCL), the spec's optimizer (raydl.optim), bf16
+autocast, the same per-GPU batch; samples/s per epoch, median over epochs 2..N. The two sides alternate run
+by run. Prints one JSON line per run and a table with the ratios.
 """
 
 from __future__ import annotations
@@ -65,19 +66,20 @@ def _plain_worker(rank: int, world: int, config: str, overrides: list[str], epoc
     from raydl.batches import build_kind
     from raydl.data import prepare
     from raydl.models import build_model
+    from raydl.optim import build_optimizer
     from raydl.spec import load_spec
     from raydl.tasks import build_task
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
+    torch.cuda.set_device(rank)  # before the process group: NCCL binds each rank to the current device
     dist.init_process_group("nccl", rank=rank, world_size=world)
-    torch.cuda.set_device(rank)
     dev = torch.device("cuda", rank)
     spec = load_spec(config, overrides)
     p = prepare(spec.data)
     kind, task = build_kind(p.prep), build_task(p.prep, spec.loss)
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(build_model(spec.model, kind, task.n_outputs()).to(dev), device_ids=[rank])
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.optimizer.lr)
+    opt = build_optimizer(model.parameters(), spec.optimizer)
     cols = {k: torch.as_tensor(v).to(dev) for k, v in p.train.cols.items()}
     n, b = len(cols["y"]), spec.training.batch_size
     rates = []
@@ -136,8 +138,9 @@ def main() -> None:
             config = mlp_spec(write_data(work / "rows-200000", 200_000))
         rates = {"raydl": [], "pytorch": []}
         for i in range(args.runs):
-            rates["raydl"].append(raydl_run(config, overrides, gpus, args.epochs, work / "runs"))
-            rates["pytorch"].append(plain_run(config, overrides, gpus, args.epochs, work))
+            for side in ("raydl", "pytorch") if i % 2 == 0 else ("pytorch", "raydl"):  # alternate: drift hits both
+                rates[side].append(raydl_run(config, overrides, gpus, args.epochs, work / "runs") if side == "raydl"
+                                   else plain_run(config, overrides, gpus, args.epochs, work))
             print(json.dumps({"case": case, "run": i, **{k: v[-1] for k, v in rates.items()}}), flush=True)
         med = {k: statistics.median(v) for k, v in rates.items()}
         results[case] = {**med, "ratio": med["raydl"] / med["pytorch"], "runs": rates}

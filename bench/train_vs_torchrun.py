@@ -1,26 +1,30 @@
-"""Benchmark: `raydl train` vs a plain `torchrun` DDP script, side by side.
+"""Benchmark: `raydl train` vs a plain `torchrun` DDP script, side by side (issue #14).
 
-Same model (MLP 64-128-64-10), data (sklearn digits, seeded 60/20/20 split,
-train-split standardisation), optimizer (Adam 1e-3), per-worker batch (64) and
-worker count (2, gloo on CPU). The two commands run alternately, ``--runs`` times
-each; every run is a fresh process tree with the launch timestamp taken just before
-``Popen`` (``RAYDL_LAUNCH_TS`` / ``BENCH_LAUNCH_TS``).
+Cases (2 workers, gloo on CPU; the plain side is bench/torchrun_ddp.py, which slices the train
+split's tensors per batch):
+  digits_mlp   tiny: sklearn digits, MLP 64-128-64-10, batch 64 (bench/digits_mlp_bench.yaml); the
+               plain side imports no raydl (the start-up reference)
+  compute_mlp  compute-bound: MLP 64-512-512-10 on 200k x 64 seeded Parquet rows, batch 256
+               (bench/compute_mlp_bench.yaml; the plain side prepares data and model with raydl's code)
+  digits_cnn   configs/cnn_digits.yaml (digits as 1x8x8 images, conv 32-64-128 + batch norm, batch 32)
 
-Reported (medians over the runs):
-  samples/s           steady state: median over epochs 2..N of the per-epoch global
-                      training samples/s (both sides define it the same way)
-  time to first step  launch -> first optimizer step done (rank 0)
-  wall time           launch -> process exit, end to end
+raydl runs each case on each `--loaders` data path (in_memory, ray_data) and `--where`: embedded Ray
+(`ray.init` inside `raydl train`) or warm (a `raydl cluster up` head, started and stopped here, with
+its own RAYDL_HOME). The sides alternate run by run (`--runs` each). Every run is a fresh process tree,
+the launch timestamp taken just before `Popen` (`RAYDL_LAUNCH_TS` / `BENCH_LAUNCH_TS`); the 1-minute
+load average is recorded at each launch.
 
-and the ratios raydl/torchrun. Goals (issue acceptance): samples/s ratio >= 0.97,
-time-to-first-step ratio <= 2.
+Per run: samples/s (median over epochs 2..N of the per-epoch global training samples/s, both sides),
+launch -> first optimizer step, end of run (last optimizer step -> process exit: final scoring, model
+directory, shutdown) and wall. `--short-runs N` adds N back-to-back 1-epoch digits_mlp runs on the warm
+head (Tune trials, continual experiences): each run's launch is the previous run's exit.
 
 Usage:
-  python bench/train_vs_torchrun.py --runs 3 --epochs 400 [--raydl-address HOST:PORT]
-  python bench/train_vs_torchrun.py --runs 3 --epochs 400 --start-head   # variant c
+  python bench/train_vs_torchrun.py --runs 3 --raw /tmp/bench.json            # everything, writes RESULTS.md
+  python bench/train_vs_torchrun.py --cases compute_mlp --where embedded --runs 3 --no-write
 
-Rewrites only the ``## Training: raydl vs torchrun`` section of bench/RESULTS.md
-(``--no-write`` to skip). This is a script, not a test: nothing here asserts on time.
+Writes the ``SECTION`` section of bench/RESULTS.md (``--no-write`` to skip; ``--from-raw`` re-renders).
+This is a script, not a test: nothing here asserts on time.
 """
 
 from __future__ import annotations
@@ -34,16 +38,36 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "RESULTS.md"
-SECTION = "## Training: raydl vs torchrun"
-SPEC = HERE / "digits_mlp_bench.yaml"
+SECTION = "## Performance #14: raydl vs torchrun (2026-12-03)"
 TORCHRUN_SCRIPT = HERE / "torchrun_ddp.py"
-GOAL_RATE, GOAL_STARTUP = 0.97, 2.0
+DATA = Path("/tmp/raydl-bench-data/rows-200000")
+GOAL_RATE, GOAL_FIRST = 0.97, {"embedded": 3.0, "warm": 2.0}
+GOAL_NEXT, GOAL_END = 1.5, 2.0
+
+
+@dataclass(frozen=True)
+class Case:
+    spec: Path
+    overrides: tuple[str, ...]
+    epochs: int  # raydl
+    torchrun_epochs: int  # the plain loop is cheaper per epoch: more epochs in the same time
+    plain_spec: bool  # the plain side builds data and model from the spec with raydl's code
+
+
+CASES = {
+    "digits_mlp": Case(HERE / "digits_mlp_bench.yaml", (), 30, 200, False),
+    "compute_mlp": Case(HERE / "compute_mlp_bench.yaml", (f"data.source={DATA}",), 4, 4, True),
+    "digits_cnn": Case(ROOT / "configs" / "cnn_digits.yaml",
+                       ("tracking=none", "run.storage_path=/tmp/raydl-bench"), 8, 8, True),
+}
 
 
 def _last_json(stdout: str) -> dict:
@@ -54,188 +78,210 @@ def _last_json(stdout: str) -> dict:
 
 
 def _run(cmd: list[str], env: dict, ts_var: str, timeout: float) -> dict:
+    load = os.getloadavg()[0]
     env = {**env, ts_var: repr(time.time())}
     t0 = time.time()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     wall = time.time() - t0
     if p.returncode != 0:
-        raise RuntimeError(
-            f"{shlex.join(cmd)} exited {p.returncode}:\n{p.stderr[-4000:]}\n{p.stdout[-2000:]}"
-        )
-    out = _last_json(p.stdout)
-    m = out.get("metrics", out)  # raydl nests its metrics; torchrun_ddp prints them flat
+        raise RuntimeError(f"{shlex.join(cmd)} exited {p.returncode}:\n{p.stderr[-4000:]}\n{p.stdout[-2000:]}")
+    m = _last_json(p.stdout)
+    m = m.get("metrics", m)  # raydl nests its metrics; torchrun_ddp prints them flat
     return {
         "samples_per_sec": m["samples_per_sec"],
         "time_to_first_step_s": m["time_to_first_step_s"],
-        "val_accuracy": m.get("val_accuracy"),
+        "end_s": wall - m["time_to_last_step_s"],
         "test_accuracy": m.get("test_accuracy"),
         "wall_s": wall,
+        "load": load,
     }
 
 
-def raydl_cmd(i: int, epochs: int, address: str | None) -> list[str]:
+def raydl_cmd(case: Case, name: str, loader: str, epochs: int | None = None) -> list[str]:
     exe = shutil.which("raydl") or str(Path(sys.executable).with_name("raydl"))
     # overrides right after the spec: argparse will not take positionals after the flags
-    cmd = [exe, "train", str(SPEC.relative_to(ROOT)), f"run.name=bench-{i}",
-           f"training.epochs={epochs}", "--restart", "--json"]
-    if address:
-        cmd += ["--address", address]
+    return [exe, "train", str(case.spec), *case.overrides, f"run.name={name}", f"data.loader={loader}",
+            f"training.epochs={epochs or case.epochs}", "--restart", "--json"]
+
+
+def torchrun_cmd(case: Case) -> list[str]:
+    exe = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    cmd = [exe, "--standalone", "--nproc_per_node=2", str(TORCHRUN_SCRIPT), "--epochs", str(case.torchrun_epochs)]
+    if case.plain_spec:
+        cmd += ["--spec", str(case.spec), *(a for o in case.overrides for a in ("--set", o))]
     return cmd
 
 
-def torchrun_cmd(epochs: int) -> list[str]:
-    exe = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    return [exe, "--standalone", "--nproc_per_node=2", str(TORCHRUN_SCRIPT.relative_to(ROOT)),
-            "--epochs", str(epochs)]
-
-
-def cpu_model() -> str:
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def machine() -> dict:
-    cpu = cpu_model()
-    try:
-        kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                  if ln.startswith("MemTotal"))
-        ram = f"{kb / 2**20:.1f} GiB"
-    except (OSError, StopIteration):
-        ram = "unknown"
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    vers = subprocess.run(
-        [sys.executable, "-c", "import torch, ray; print(torch.__version__, ray.__version__)"],
-        capture_output=True, text=True,
-    ).stdout.split()
-    return {"nproc": nproc, "ram": ram, "cpu": cpu, "python": platform.python_version(),
-            "torch": vers[0] if vers else "?", "ray": vers[1] if len(vers) > 1 else "?"}
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "unknown")
+    kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+    vers = subprocess.run([sys.executable, "-c", "import torch, ray; print(torch.__version__, ray.__version__)"],
+                          capture_output=True, text=True).stdout.split()
+    return {"nproc": os.cpu_count(), "ram": f"{kb / 2**20:.1f} GiB", "cpu": cpu, "python": platform.python_version(),
+            "torch": vers[0], "ray": vers[1]}
 
 
-def _start_head() -> tuple[str, object]:
-    sys.path.insert(0, str(HERE))
-    from startup_probe import LocalHead  # our own helper: own temp dir + port, stop by PID
+class WarmHead:
+    """`raydl cluster up` with its own RAYDL_HOME (so no one else's head is used or stopped)."""
 
-    head = LocalHead().__enter__()
-    return head.address, head
+    def __init__(self, env: dict) -> None:
+        self.env = {**env, "RAYDL_HOME": tempfile.mkdtemp(prefix="raydl-bench-home-")}
+        self.exe = shutil.which("raydl") or str(Path(sys.executable).with_name("raydl"))
+
+    def __enter__(self) -> dict:
+        t0 = time.time()
+        p = subprocess.run([self.exe, "cluster", "up"], env=self.env, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"raydl cluster up exited {p.returncode}: {p.stderr.strip()[-2000:]}")
+        self.up_s = time.time() - t0
+        return self.env
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run([self.exe, "cluster", "down"], env=self.env, capture_output=True, text=True)
+        shutil.rmtree(self.env["RAYDL_HOME"], ignore_errors=True)
 
 
-def render(args, res: dict, mach: dict, loads: tuple, reproduce: str) -> str:
-    med = {side: {k: statistics.median(r[k] for r in runs) for k in runs[0] if runs[0][k] is not None}
-           for side, runs in res.items()}
-    rate = med["raydl"]["samples_per_sec"] / med["torchrun"]["samples_per_sec"]
-    startup = med["raydl"]["time_to_first_step_s"] / med["torchrun"]["time_to_first_step_s"]
-    wall = med["raydl"]["wall_s"] / med["torchrun"]["wall_s"]
-    ok = lambda b: "**met**" if b else "**not met**"  # noqa: E731
-    where = f"against a running local head ({args.raydl_address or 'started by the harness'})" \
-        if (args.raydl_address or args.start_head) else "embedded Ray (`ray.init` inside `raydl train`)"
-    L = [SECTION, ""]
-    L.append(
-        f"Machine: {mach['nproc']} CPUs ({mach['cpu']}), {mach['ram']} RAM, Python {mach['python']}, "
-        f"torch {mach['torch']}, ray {mach['ray']}. Load average (1 min) before/after: "
-        f"{loads[0]:.2f} / {loads[1]:.2f}; other Ray users shared this machine, so timings are noisy."
-    )
-    L += ["", f"Reproduce: `{reproduce}`", ""]
-    L.append(
-        f"Job: sklearn digits (1078 train rows), MLP 64-128-64-10 ReLU, Adam 1e-3, per-worker batch 64, "
-        f"2 workers (DDP, gloo, CPU), {args.epochs} epochs (raydl) / {args.torchrun_epochs or args.epochs} "
-        f"epochs (torchrun); raydl {where}. {args.runs} runs each, "
-        "alternating; medians. samples/s = median over epochs 2..N of the per-epoch global training "
-        "samples/s; time to first step from the `Popen` timestamp; wall = launch to exit."
-    )
-    L += ["", "| metric | raydl | torchrun | raydl / torchrun | goal |", "|---|---:|---:|---:|---|"]
-    L.append(f"| steady-state samples/s | {med['raydl']['samples_per_sec']:.0f} | "
-             f"{med['torchrun']['samples_per_sec']:.0f} | {rate:.3f} | >= {GOAL_RATE}: {ok(rate >= GOAL_RATE)} |")
-    L.append(f"| launch -> first optimizer step (s) | {med['raydl']['time_to_first_step_s']:.2f} | "
-             f"{med['torchrun']['time_to_first_step_s']:.2f} | {startup:.2f} | <= {GOAL_STARTUP:g}x: "
-             f"{ok(startup <= GOAL_STARTUP)} |")
-    t_ep = args.torchrun_epochs or args.epochs
-    same = t_ep == args.epochs
-    L.append(f"| end-to-end wall time (s){'' if same else f'; {args.epochs} vs {t_ep} epochs'} | "
-             f"{med['raydl']['wall_s']:.1f} | {med['torchrun']['wall_s']:.1f} | "
-             f"{f'{wall:.2f}' if same else 'not comparable'} | - |")
-    for k in ("val_accuracy", "test_accuracy"):
-        if k in med["raydl"] and k in med["torchrun"]:
-            L.append(f"| {k} | {med['raydl'][k]:.4f} | {med['torchrun'][k]:.4f} | - | - |")
-    L += ["", "Per run (samples/s, first step s, wall s):", ""]
-    for side, runs in res.items():
-        cells = "; ".join(f"{r['samples_per_sec']:.0f}, {r['time_to_first_step_s']:.2f}, {r['wall_s']:.1f}"
-                          for r in runs)
-        L.append(f"- {side}: {cells}")
-    return "\n".join(L) + "\n"
+def measure(args, env: dict, save) -> dict:
+    """{where: {case: {"torchrun": [runs], loader: [runs]}}, "short": [runs]}; sides alternate per run."""
+    res: dict = {}
+    for where in args.where:
+        head = WarmHead(env) if where == "warm" else None
+        try:
+            run_env = head.__enter__() if head else env
+            res[where] = {}
+            for case_name in args.cases:
+                case, sides = CASES[case_name], ["torchrun", *args.loaders]
+                got = res[where][case_name] = {s: [] for s in sides}
+                for i in range(args.runs):
+                    for side in (sides if i % 2 == 0 else sides[::-1]):
+                        if side == "torchrun":
+                            r = _run(torchrun_cmd(case), env, "BENCH_LAUNCH_TS", args.timeout)
+                        else:
+                            r = _run(raydl_cmd(case, f"bench-{case_name}-{side}-{i}", side), run_env,
+                                     "RAYDL_LAUNCH_TS", args.timeout)
+                        got[side].append(r)
+                        print(f"[{where} {case_name} {i}] {side}: {json.dumps(r)}", file=sys.stderr, flush=True)
+                        save(res)  # so far: a pass stopped half-way still renders
+            if where == "warm" and args.short_runs:
+                res["short"] = [_run(raydl_cmd(CASES["digits_mlp"], f"bench-short-{i}", "in_memory", 1), run_env,
+                                     "RAYDL_LAUNCH_TS", args.timeout) for i in range(args.short_runs)]
+                print(f"[short] {json.dumps(res['short'])}", file=sys.stderr, flush=True)
+        finally:
+            if head:
+                head.__exit__()
+    return res
+
+
+def _med(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def _loads(runs: list[dict]) -> str:
+    return f"{min(r['load'] for r in runs):.1f}-{max(r['load'] for r in runs):.1f}"
+
+
+MAX_LOAD_PER_CORE = 2.0  # above this 1-minute load per core at any launch, a goal is not judged
+
+
+def render(res: dict, mach: dict, reproduce: str, runs: int) -> str:
+    verdict = {True: "met", False: "**not met**"}
+
+    def judge(runs_: list[dict]):
+        """met / not met, or not judged when the machine was too loaded for a ratio to mean anything."""
+        worst = max(r["load"] for r in runs_)
+        if worst > MAX_LOAD_PER_CORE * mach["nproc"]:
+            return lambda b: f"not judged: load {worst:.0f}"
+        return lambda b: verdict[b]
+    L = [SECTION, "",
+         f"Machine: {mach['nproc']} CPUs ({mach['cpu']}), {mach['ram']} RAM, Python {mach['python']}, torch "
+         f"{mach['torch']}, ray {mach['ray']}. Shared: the load column is the 1-minute load average at each "
+         f"launch (min-max). Up to {runs} runs per side, alternating; medians.", "", f"Reproduce: `{reproduce}`", ""]
+    for where in ("embedded", "warm"):
+        if where not in res:
+            continue
+        L += [f"**{where}** ({'`ray.init` inside `raydl train`' if where == 'embedded' else 'a `raydl cluster up` head'}):", "",
+              "| case | data path | samples/s raydl / torchrun | ratio | first step s raydl / torchrun | ratio | "
+              "end of run s raydl / torchrun | load | runs |", "|---|---|---:|---:|---:|---:|---:|---|---|"]
+        for case_name, sides in res[where].items():
+            t = sides["torchrun"]
+            for loader, rr in sides.items():
+                if loader == "torchrun" or not rr or not t:  # a pass stopped before this side ran
+                    continue
+                rate = _med(rr, "samples_per_sec") / _med(t, "samples_per_sec")
+                first = _med(rr, "time_to_first_step_s") / _med(t, "time_to_first_step_s")
+                goal_first = GOAL_FIRST[where] if case_name == "digits_mlp" else None
+                ok = judge(rr + t)
+                L.append(
+                    f"| {case_name} | {loader} | {_med(rr, 'samples_per_sec'):,.0f} / {_med(t, 'samples_per_sec'):,.0f} | "
+                    f"{rate:.3f} ({ok(rate >= GOAL_RATE)}) | {_med(rr, 'time_to_first_step_s'):.1f} / "
+                    f"{_med(t, 'time_to_first_step_s'):.1f} | {first:.2f}x"
+                    f"{f' ({ok(first <= goal_first)})' if goal_first else ''} | {_med(rr, 'end_s'):.2f} / "
+                    f"{_med(t, 'end_s'):.2f} ({ok(_med(rr, 'end_s') < GOAL_END)}) | {_loads(rr + t)} | {len(rr)} / {len(t)} |")
+        L += ["", "Per run (samples/s, first step s, end of run s, load at launch):", ""]
+        for case_name, sides in res[where].items():
+            for side, rr in sides.items():
+                cells = "; ".join(f"{r['samples_per_sec']:,.0f}, {r['time_to_first_step_s']:.1f}, {r['end_s']:.1f}, "
+                                  f"{r['load']:.0f}" for r in rr)
+                L.append(f"- {case_name} {side}: {cells}")
+        L.append("")
+    if "short" in res:
+        s, t = res["short"], res.get("warm", res.get("embedded", {})).get("digits_mlp", {}).get("torchrun")
+        gaps = [r["time_to_first_step_s"] for r in s]
+        L.append(f"**Repeated short runs** ({len(s)} back-to-back 1-epoch digits_mlp runs on the warm head; each "
+                 f"launched as the previous one exited): previous exit -> next first step, s: "
+                 f"{', '.join(f'{g:.1f}' for g in gaps)}; median {statistics.median(gaps):.1f}; end of run median "
+                 f"{_med(s, 'end_s'):.2f} s; load {_loads(s)}.")
+        if t:
+            ok = judge(s + t)
+            ratio = statistics.median(gaps) / _med(t, "time_to_first_step_s")
+            L.append(f"Against torchrun's launch -> first step ({_med(t, 'time_to_first_step_s'):.1f} s): "
+                     f"{ratio:.2f}x (goal <= {GOAL_NEXT}x: {ok(ratio <= GOAL_NEXT)}).")
+        L.append("")
+    return "\n".join(L)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=400,
-                    help="epochs for both sides (digits is tiny; ~400 gives >= 15 s of timed training)")
-    ap.add_argument("--torchrun-epochs", type=int,
-                    help="epochs for torchrun if different (samples/s is a per-epoch median, so it does "
-                         "not depend on the epoch count; raydl's per-epoch overhead makes long runs slow)")
-    ap.add_argument("--raydl-address", help="run raydl against this running Ray cluster (--address)")
-    ap.add_argument("--start-head", action="store_true",
-                    help="start a local head (own temp dir/port) for raydl, stop it after")
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--loaders", nargs="+", default=["in_memory", "ray_data"], choices=["in_memory", "ray_data"])
+    ap.add_argument("--where", nargs="+", default=["embedded", "warm"], choices=["embedded", "warm"])
+    ap.add_argument("--short-runs", type=int, default=8, help="back-to-back short runs on the warm head (0: none)")
     ap.add_argument("--timeout", type=float, default=1800, help="per command, seconds")
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
     ap.add_argument("--raw", help="also write the raw per-run results here (JSON)")
-    ap.add_argument("--from-raw", help="skip the runs: re-render from a --raw file")
+    ap.add_argument("--from-raw", nargs="+", help="skip the runs: re-render from --raw files (merged)")
     ap.add_argument("--notes-file", help="markdown appended to the section (analysis)")
     args = ap.parse_args()
 
-    argv, skip = [], False
-    for a in sys.argv[1:]:  # the command to reproduce: drop the bookkeeping options
-        if skip:
-            skip = False
-        elif a in ("--raw", "--from-raw", "--notes-file"):
-            skip = True
-        elif a != "--no-write" and not a.startswith(("--raw=", "--from-raw=", "--notes-file=")):
-            argv.append(a)
+    argv = [a for a in sys.argv[1:] if a != "--no-write"]  # the command to reproduce
+    for opt in ("--raw", "--notes-file"):  # bookkeeping options and their value
+        if opt in argv:
+            del argv[argv.index(opt):argv.index(opt) + 2]
     reproduce = "python bench/train_vs_torchrun.py " + shlex.join(argv)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    head = None
-    address = args.raydl_address
-    if args.start_head:
-        address, head = _start_head()
-        env["RAY_AUTH_MODE"] = "disabled"
-    if address and not args.start_head:
-        env.setdefault("RAY_AUTH_MODE", "disabled")
-    load0 = os.getloadavg()[0]
-    res = {"raydl": [], "torchrun": []}
     if args.from_raw:
-        saved = json.loads(Path(args.from_raw).read_text())
-        if "results" not in saved:  # bare {"raydl": [...], "torchrun": [...]}
-            saved = {"results": saved, "load": [float("nan")] * 2}
-        res, load0 = saved["results"], saved["load"][0]
-        reproduce = saved.get("reproduce", reproduce)
-    try:
-        for i in range(0 if args.from_raw else args.runs):
-            order = ("raydl", "torchrun") if i % 2 == 0 else ("torchrun", "raydl")
-            for side in order:
-                if side == "raydl":
-                    r = _run(raydl_cmd(i, args.epochs, address), env, "RAYDL_LAUNCH_TS", args.timeout)
-                else:
-                    r = _run(torchrun_cmd(args.torchrun_epochs or args.epochs), env, "BENCH_LAUNCH_TS",
-                             args.timeout)
-                res[side].append(r)
-                print(f"[{i}] {side}: {json.dumps(r)}", file=sys.stderr, flush=True)
-    finally:
-        if head is not None:
-            head.__exit__(None, None, None)
-    loads = (load0, saved["load"][1]) if args.from_raw else (load0, os.getloadavg()[0])
-    body = render(args, res, machine(), loads, reproduce)
+        saved = [json.loads(Path(f).read_text()) for f in args.from_raw]
+        res = {k: v for s in saved for k, v in s["results"].items()}
+        reproduce = "`; `".join(s["reproduce"] for s in saved)
+    else:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+        if "compute_mlp" in args.cases:
+            sys.path.insert(0, str(HERE))
+            from ingest_bench import write_data  # seeded; written once
+
+            write_data(DATA, 200_000)
+        def save(res: dict) -> None:
+            if args.raw:
+                Path(args.raw).write_text(json.dumps({"results": res, "reproduce": reproduce}, indent=1))
+
+        res = measure(args, env, save)
+        save(res)
+    body = render(res, machine(), reproduce, args.runs)
     if args.notes_file:
         body += "\n" + Path(args.notes_file).read_text()
     print(body)
-    if args.raw and not args.from_raw:
-        Path(args.raw).write_text(
-            json.dumps({"results": res, "load": loads, "reproduce": reproduce}, indent=1)
-        )
     if not args.no_write:
         sys.path.insert(0, str(HERE))
         from startup_probe import write_section

@@ -7,6 +7,7 @@ stdout carries exactly one JSON object; everything else (Ray's own output includ
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -259,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if argv is None:  # the console script: the process exits next
+            # Skip the interpreter's last collection over Ray's and torch's objects at exit:
+            # 1-3.6 s on 2 cores (0.25 s frozen), after the model and output are written.
+            gc.freeze()
 
 
 def _root_raydl_error(e: BaseException) -> RaydlError | None:

@@ -124,16 +124,20 @@ def _check_output(spec: JobSpec, model, kind, task, sample: dict) -> None:
         check(tuple(out.shape))
 
 
-def _progress_pump(queue, on_epoch: Callable[[dict], None], stop: threading.Event) -> threading.Thread:
+def _progress_pump(queue, on_epoch: Callable[[dict], None]) -> threading.Thread:
+    """Hand the workers' per-epoch metrics to `on_epoch` until the driver puts None (after fit).
+    One blocking get per item: a get that times out raises in the queue actor, and polling twice a
+    second kept that actor at 1-2 % of a core through training (2 cores, `bench/RESULTS.md` #14)."""
+
     def pump() -> None:
-        while not stop.is_set():
+        while True:
             try:
-                on_epoch(queue.get(timeout=0.5))
-            except Exception:  # Empty, or the queue actor went away at shutdown
-                if stop.is_set():
-                    return
-        while not queue.empty():
-            on_epoch(queue.get_nowait())
+                item = queue.get()
+            except Exception:  # the queue actor went away (Ray shut down)
+                return
+            if item is None:
+                return
+            on_epoch(item)
 
     th = threading.Thread(target=pump, daemon=True)
     th.start()
@@ -251,18 +255,21 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
 
 
 def _fit(spec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, launch_ts: float, on_epoch) -> TrainResult:
-    queue = stop = pump = None
+    queue = pump = None
     if on_epoch is not None:
         from ray.util.queue import Queue
 
-        queue, stop = Queue(actor_options={"num_cpus": 0}), threading.Event()
-        pump = _progress_pump(queue, on_epoch, stop)
+        queue = Queue(actor_options={"num_cpus": 0})
+        pump = _progress_pump(queue, on_epoch)
     trainer = make_trainer(spec, prepared, worker_data(spec, prepared), man, rdir, launch_ts, progress=queue)
     try:
         result = trainer.fit()
     finally:
-        if stop is not None:
-            stop.set()
+        if pump is not None:  # rank 0's puts are synchronous: every epoch is queued before fit() returns
+            try:
+                queue.put(None)
+            except Exception:  # the queue actor is gone: the pump has stopped too
+                pass
             pump.join(timeout=5)
     return finish_run(spec, prepared, man, rdir, result)
 
@@ -290,6 +297,7 @@ def _finish(spec: JobSpec, prepared: Prepared | Streamed, man: dict, rdir: RunDi
     final["samples_per_sec"] = float(np.median([h["samples_per_sec"] for h in eff]))
     final["time_per_step_s"] = float(np.median([h["time_per_step_s"] for h in eff]))
     final["time_to_first_step_s"] = next((h["time_to_first_step_s"] for h in state.history if math.isfinite(h["time_to_first_step_s"])), None)
+    final["time_to_last_step_s"] = state.history[-1].get("time_to_last_step_s")  # the end of run is measured from here
     final["peak_memory_mb"] = max(h["peak_memory_mb"] for h in state.history)
 
     def write(d: Path) -> None:

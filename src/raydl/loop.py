@@ -284,6 +284,7 @@ def train_loop_per_worker(config: dict) -> None:
             optimizer.zero_grad(set_to_none=True)
             steps += 1
         train_time = time.perf_counter() - t0
+        last_step_s = time.time() - cfg.launch_ts
         scheduler.step()
 
         train_sums = _all_reduce(np.array([local_loss, local_n, steps]))
@@ -300,6 +301,7 @@ def train_loop_per_worker(config: dict) -> None:
             "time_per_step_s": train_time / max(train_sums[2], 1),
             "epoch_time_s": time.perf_counter() - t0,
             "time_to_first_step_s": first_step_s if first_step_s is not None else float("nan"),
+            "time_to_last_step_s": last_step_s,
             "peak_memory_mb": float(peak),
         }
         if state.status == "running" and not math.isfinite(metrics["train_loss"]):
