@@ -68,10 +68,12 @@ def write_data(path: Path, rows: int, seed: int = 0, rows_per_file: int = 500_00
     return path
 
 
-def _rss_kib(pid: int) -> int:
+def _rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """VmRSS counts the object-store pages a process has touched (shared memory, up to the store's
+    size); RssAnon is its private heap alone."""
     try:
         with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
     except (OSError, StopIteration):
         return 0
 
@@ -110,16 +112,19 @@ class Sampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.driver_kib, self.workers_kib, self.others_kib = pid, 0, {}, {}
+        self.driver_anon_kib, self.workers_anon_kib = 0, {}
         self.others_names: dict[int, set[str]] = {}  # what each of those processes was seen running
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
             self.driver_kib = max(self.driver_kib, _rss_kib(self.pid))
+            self.driver_anon_kib = max(self.driver_anon_kib, _rss_kib(self.pid, "RssAnon"))
             for c in _descendants(self.pid):
                 cmd = _cmdline(c)
                 if "RayTrainWorker" in cmd:
                     self.workers_kib[c] = max(self.workers_kib.get(c, 0), _rss_kib(c))
+                    self.workers_anon_kib[c] = max(self.workers_anon_kib.get(c, 0), _rss_kib(c, "RssAnon"))
                 elif cmd.startswith("ray::") and not any(s in cmd for s in RAY_SERVICES):
                     self.others_kib[c] = max(self.others_kib.get(c, 0), _rss_kib(c))
                     self.others_names.setdefault(c, set()).add(cmd.split("(")[0].split()[0])
@@ -163,6 +168,8 @@ def run_raydl(data: Path, name: str, loader: str, overrides: list[str], runs_dir
     workers = sorted(sampler.workers_kib.values())
     seen = {"loader": loader, "name": name, "wall_s": time.time() - t0, "load_start": load0, "load_end": os.getloadavg()[0],
             "driver_peak_mib": sampler.driver_kib / 1024, "worker_peak_mib": [w / 1024 for w in workers],
+            "driver_anon_peak_mib": sampler.driver_anon_kib / 1024,
+            "worker_anon_peak_mib": [w / 1024 for w in sorted(sampler.workers_anon_kib.values())],
             "other_ray_worker_peak_mib": max(sampler.others_kib.values(), default=0) / 1024,
             "other_ray_workers_seen": len(sampler.others_kib),  # worker processes started for tasks/actors
             "other_ray_workers_by_name": _by_name(sampler.others_names)}
