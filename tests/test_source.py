@@ -173,6 +173,7 @@ def test_shuffled_train_split_reads_its_files_in_a_new_order_each_epoch(sources)
     """Same rows every epoch, in another file order each execution; not shuffled: one order."""
     src = open_source(DataSpec(source=sources["seven"], label="y"))
     stats = src.stats(SEED, FRACTIONS)
+
     def epochs(shuffle: bool, n: int = 4) -> list[np.ndarray]:
         train = src.split_datasets(stats, SEED, FRACTIONS, shuffle=shuffle)["train"]
         train.context.execution_options.preserve_order = True  # the row order is then the file order

@@ -91,9 +91,10 @@ def check_address(address: str, where: str = "--address", timeout: float = 2.0) 
                             "or give the address of a running one") from None
 
 
-# Ray Data's file listing (the first operator of every read) asks for one CPU, even when the read
-# and preprocessing tasks ask for none (raydl.source.task_args). With every CPU held by Ray Train's
-# workers it would wait forever, so a streamed run needs one CPU beyond the workers'.
+# Ray Data's newer (V2) readers list files in a first task that asks for one CPU, even when the read
+# and preprocessing tasks ask for none (raydl.source.task_args); with every CPU held by Ray Train's
+# workers it would wait forever. raydl.source now reads Parquet with the V1 reader, which lists on
+# the driver, but this CPU is still kept: a streamed run without it has not been tested.
 STREAM_CPUS = 1
 
 

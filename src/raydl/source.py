@@ -44,8 +44,8 @@ SPLITS = ("train", "val", "test")
 
 def task_args(read: bool = False) -> dict:
     """Ray Data's read and map tasks ask for no CPU: Ray Train reserves the workers' CPUs, and the
-    decoding shares the workers' cores, which mostly wait for batches anyway. (Ray Data's own
-    ListFiles task still asks for one: `raydl.session` leaves one free in an embedded Ray.) A task
+    decoding shares the workers' cores, which mostly wait for batches anyway. (See
+    `raydl.session.STREAM_CPUS` for the one CPU kept for Ray Data's file listing.) A task
     that asks for nothing is never held back by the scheduler, so at most one per cluster CPU runs
     at once: uncapped, a 5M-row pass started 37-74 worker processes on 2 cores (bench/RESULTS.md).
     (Ray Data warns when a cap is above the number of blocks to read; for a small source it is.)"""
