@@ -362,3 +362,36 @@ def test_shortfall_is_the_same_check_as_raydl_trains():
         "lower scaling.num_workers or per-worker resources")
     gpu = worker_need(load_spec(DIGITS, ["scaling.use_gpu=true"]).scaling)
     assert "GPU: 2 asked (2 workers x 1), 0 in the cluster" in shortfall(gpu, 2, [{"CPU": 8.0}])
+
+
+
+def test_the_jobs_api_imports_ray_under_one_lock_from_many_threads():
+    # the gateway serves requests from a thread pool: two first requests at once imported Ray from
+    # two threads (`ray.job_submission` in one, `ray.exceptions` in the other), which deadlocks inside
+    # Ray's package and left it half-imported for the life of the process (CI, stop 17)
+    code = """
+import sys, threading
+from raydl import jobs
+seen = []
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "ray":
+            seen.append(jobs._RAY_IMPORT.locked())
+sys.meta_path.insert(0, Watch())
+errs = []
+def go(i):
+    try:
+        if i % 2:
+            jobs.Cluster("http://127.0.0.1:9", None, "")._call("probing", None, lambda: 0)
+        else:
+            jobs.ray_jobs_api()
+    except Exception as e:
+        errs.append(repr(e))
+ts = [threading.Thread(target=go, args=(i,)) for i in range(4)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print(errs, len(seen), all(seen))
+"""
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    errs, n, all_locked = got.stdout.strip().rsplit(" ", 2)
+    assert got.returncode == 0 and errs == "[]" and int(n) > 50 and all_locked == "True", got.stdout + got.stderr[-2000:]

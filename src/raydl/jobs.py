@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -222,6 +223,20 @@ def _get_json(url: str, path: str, token: Token | None, timeout: float = PROBE_T
         raise ResourceError(f"{url}{path}: the answer is not JSON; is {url} a Ray dashboard (Jobs API, port 8265)?") from None
 
 
+_RAY_IMPORT = threading.Lock()
+
+
+def ray_jobs_api():
+    """(JobSubmissionClient, AuthenticationError), imported by one thread at a time: `import ray`
+    from two threads at once (the gateway's request threads) deadlocks inside Ray's package and
+    leaves it half-imported for the life of the process."""
+    with _RAY_IMPORT:
+        from ray.exceptions import AuthenticationError
+        from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient, AuthenticationError
+
+
 @dataclass(frozen=True)
 class Cluster:
     """A Ray cluster reached through its dashboard: the address, the token, the Ray version it runs."""
@@ -240,8 +255,7 @@ class Cluster:
         return cls(url, token, version["ray_version"])
 
     def client(self):
-        from ray.job_submission import JobSubmissionClient
-
+        JobSubmissionClient, _ = ray_jobs_api()
         return JobSubmissionClient(self.url, headers=auth_headers(self.token))
 
     def node_resources(self) -> list[dict[str, float]]:
@@ -256,8 +270,7 @@ class Cluster:
             raise ResourceError(f"{problem} (cluster at {self.url})")
 
     def _call(self, what: str, job_id: str | None, fn, *args):
-        from ray.exceptions import AuthenticationError
-
+        _, AuthenticationError = ray_jobs_api()  # noqa: N806 (a class)
         try:
             return fn(*args)
         except AuthenticationError as e:  # the token was accepted by the probe, then refused (rotated?)
