@@ -364,7 +364,6 @@ def test_shortfall_is_the_same_check_as_raydl_trains():
     assert "GPU: 2 asked (2 workers x 1), 0 in the cluster" in shortfall(gpu, 2, [{"CPU": 8.0}])
 
 
-
 def test_the_jobs_api_imports_ray_under_one_lock_from_many_threads():
     # the gateway serves requests from a thread pool: two first requests at once imported Ray from
     # two threads (`ray.job_submission` in one, `ray.exceptions` in the other), which deadlocks inside
