@@ -55,15 +55,17 @@ def transfer(ray_local, tmp_path_factory):
     return pre.metrics, tuned.metrics, scratch.metrics
 
 
-def test_transfer_fine_tuned_beats_scratch(transfer):
+def test_transfer_pretrains_and_fine_tunes(transfer):
+    # Not "fine-tuned > scratch": at training seeds 0/1/2 the difference is +2.2 / -2.2 / +0.5 points,
+    # within the seed noise of 50 training images (bench/RESULTS.md); one seed would be a chosen result.
     pre, tuned, scratch = transfer
     assert pre["test_accuracy"] >= 0.98
-    assert tuned["test_accuracy"] >= 0.9
-    assert tuned["test_accuracy"] > scratch["test_accuracy"]
+    assert tuned["test_accuracy"] >= 0.9 and scratch["test_accuracy"] >= 0.9
 
 
-@pytest.mark.xfail(reason="measured +2.2 points (0.9344 vs 0.9126, bench/RESULTS.md): a CNN from scratch already "
-                          "reaches 0.93 on 50 digits images; the issue's 5 points is not met yet", strict=False)
+@pytest.mark.xfail(reason="not met: fine-tuned minus scratch is +2.2 / -2.2 / +0.5 points at training seeds 0-2 "
+                          "(bench/RESULTS.md); scratch already reaches 0.91-0.96 on 50 images and all 535 labelled "
+                          "5-9 rows reach only 0.984-0.989, so 5 points has no room", strict=False)
 def test_transfer_by_five_points(transfer):
     _, tuned, scratch = transfer
     assert tuned["test_accuracy"] >= scratch["test_accuracy"] + 0.05
