@@ -142,19 +142,24 @@ DRIVER = textwrap.dedent("""
 
 @pytest.mark.slow
 @pytest.mark.bar
+@pytest.mark.timeout(3600)  # 1 GiB of rows: generating, one streamed epoch, then the in-memory read
 def test_streamed_training_keeps_the_driver_within_a_quarter_of_the_data(tmp_path):
-    rows, n_features = 1_500_000, 64
+    # The driver's growth is mostly fixed, not per row: the drift profile's 50,000-row sample
+    # (float64, merged from the statistics pass, then PCA and model scores on it) and Ray Data's
+    # bookkeeping, about 200 MiB at 1.5M rows (bench/RESULTS.md). So the data is 4M rows (1 GiB
+    # decoded) and the budget a quarter of it, as #7 asks; the in-memory path needs 2x the data.
+    rows, n_features, parts = 4_000_000, 64, 8
     src = tmp_path / "big"
     src.mkdir()
     rng = np.random.default_rng(0)
     w = rng.normal(size=(n_features, 4))
     names = [f"f{i}" for i in range(n_features)]
-    for part in range(6):
-        X = rng.normal(size=(rows // 6, n_features)).astype(np.float32)
+    for part in range(parts):
+        X = rng.normal(size=(rows // parts, n_features)).astype(np.float32)
         cols = [pa.array(X[:, j]) for j in range(n_features)] + [pa.array((X @ w).argmax(1))]
         pq.write_table(pa.Table.from_arrays(cols, names=[*names, "y"]), src / f"part-{part}.parquet")
     decoded_mib = rows * (n_features * 4 + 8) / 2**20
-    budget_mib = decoded_mib / 4  # ~94 MiB
+    budget_mib = decoded_mib / 4  # ~252 MiB
     small = tmp_path / "small"  # the warm-up run's source: 2 files of 10k rows
     small.mkdir()
     for part in range(2):
@@ -166,7 +171,7 @@ def test_streamed_training_keeps_the_driver_within_a_quarter_of_the_data(tmp_pat
                 "model": {"name": "mlp", "hidden": [32]}, "training": {"epochs": 1, "batch_size": 2048},
                 "tracking": "none"}
         proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(spec), what, str(small)], capture_output=True,
-                              text=True, timeout=900)
+                              text=True, timeout=1800)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
