@@ -40,6 +40,11 @@ from raydl.spec import DataSpec
 # block through the object store once more.
 BLOCK = None
 SPLITS = ("train", "val", "test")
+# Largest block a read task yields. Ray Data's default (128 MiB) makes a 200k-row file one block:
+# no worker gets a row before the whole file is decoded, and the coordinator hands out whole
+# files. Blocks of a few MiB (~10k rows of 64 float32 features) reach the workers while the rest
+# of the file is still being read.
+READ_BLOCK_BYTES = 4 * 2**20
 
 
 def task_args(read: bool = False) -> dict:
@@ -339,10 +344,11 @@ def _read_parquet_v1(path: str, **kwargs):
 
     ctx = ray.data.DataContext.get_current()  # read when the read is planned, i.e. here
     v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    block, ctx.target_max_block_size = ctx.target_max_block_size, READ_BLOCK_BYTES  # copied into the dataset's context
     try:
         return ray.data.read_parquet(path, **kwargs)
     finally:
-        ctx.use_datasource_v2 = v2
+        ctx.use_datasource_v2, ctx.target_max_block_size = v2, block
 
 
 def _check_columns(spec: DataSpec, schema: pa.Schema) -> tuple[list[str], str]:
