@@ -23,13 +23,14 @@ def test_ray_and_local_paths_agree(tmp_path: Path) -> None:
     pq.write_table(syn.make_table(4000, seed=9, scenario="all"), tmp_path / "cur.parquet")
     local_prof = build_profile(tmp_path / "ref", engine="local")
     local = check(local_prof, tmp_path / "cur.parquet", engine="local")
-    with ray_session():
-        import ray
+    import ray
 
+    connected = ray.is_initialized()  # another module's shared cluster, when run after one
+    with ray_session():
         assert ray.is_initialized()
         ray_prof = build_profile(tmp_path / "ref", engine="ray")
         remote = check(local_prof, tmp_path / "cur.parquet", engine="ray")
-    assert not ray.is_initialized()  # we started it, we stopped it
+    assert ray.is_initialized() == connected  # what we started, we stopped; what we found, we left
     for a, b in zip(local_prof.features, ray_prof.features):
         assert sum(a["counts"]) == sum(b["counts"]) == 20000
         if a["kind"] == "categorical":
