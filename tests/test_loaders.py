@@ -147,7 +147,7 @@ def test_streamed_training_keeps_the_driver_within_a_quarter_of_the_data(tmp_pat
     # The driver's growth is mostly fixed, not per row: the drift profile's 50,000-row sample
     # (float64, merged from the statistics pass, then PCA and model scores on it) and Ray Data's
     # bookkeeping, about 200 MiB at 1.5M rows (bench/RESULTS.md). So the data is 4M rows (1 GiB
-    # decoded) and the budget a quarter of it, as #7 asks; the in-memory path needs 2x the data.
+    # decoded) and the budget a quarter of it, as #7 asks (the in-memory path grew it by 6.9 GiB).
     rows, n_features, parts = 4_000_000, 64, 8
     src = tmp_path / "big"
     src.mkdir()

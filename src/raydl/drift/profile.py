@@ -328,6 +328,7 @@ def finish_profile(
             "counts": counts + [other], "missing": int(first.cat_missing[f]),
         })
     by_name = {d["name"]: d for d in feats_doc}
+    rows = first.rows()  # one [k, F] copy of the sample for the PCA and the model's scores
     doc: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
@@ -336,7 +337,7 @@ def finish_profile(
         "n_rows": int(first.n_rows),
         "settings": s.__dict__,
         "features": [by_name[f] for f in kinds],
-        "pca": _fit_pca(rows := first.rows(), numeric, mean, scale, s),
+        "pca": _fit_pca(rows, numeric, mean, scale, s),
         "model": None,
     }
     if model is not None:
