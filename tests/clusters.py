@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raydl.cluster import free_ports
+
 RAY = str(Path(sys.executable).with_name("ray"))
 RAYDL = str(Path(sys.executable).with_name("raydl"))
 REPO = Path(__file__).resolve().parents[1]
@@ -31,9 +32,7 @@ DIGITS = str(REPO / "configs" / "digits_mlp.yaml")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def ray_env(**extra: str) -> dict[str, str]:
@@ -142,9 +141,10 @@ class RayCluster:
             time.sleep(0.5)
 
     def add_node(self, num_cpus: int = 1, resources: str | None = None) -> None:
+        agent, metrics = free_ports(2)
         args = [
             RAY, "start", f"--address={self.address}", f"--num-cpus={num_cpus}", f"--temp-dir={self.temp_dir}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+            f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
             "--disable-usage-stats",
         ]
         if resources:
@@ -196,17 +196,17 @@ def _run_ray_start(args: list[str], cluster: RayCluster | None = None) -> str:
 def start_head(num_cpus: int = 2, resources: str | None = None) -> RayCluster:
     """`ray start --head` on free ports with its own temp dir (kept short: Unix socket paths are limited)."""
     temp_dir = tempfile.mkdtemp(prefix="rdl-", dir="/tmp")
-    port = free_port()
-    args = [
-        RAY, "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp_dir}",
-        "--include-dashboard=false", f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-        "--disable-usage-stats",
-    ]
-    if resources:
-        args.append(f"--resources={resources}")
     cluster = RayCluster(temp_dir=temp_dir, address="")
     for attempt in range(2):  # a loaded machine can miss Ray's fixed 30 s raylet start-up wait
+        port, dashboard, client, agent, metrics = free_ports(5)  # fresh ports for each attempt
+        args = [
+            RAY, "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}", "--num-gpus=0",
+            f"--temp-dir={temp_dir}", "--include-dashboard=false", f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+            f"--metrics-export-port={metrics}", "--disable-usage-stats",
+        ]
+        if resources:
+            args.append(f"--resources={resources}")
         try:
             text = _run_ray_start(args, cluster)
             break
@@ -234,20 +234,6 @@ def start_two_nodes() -> RayCluster:
     except BaseException:
         cluster.stop()
         raise
-    return cluster
-
-
-_SHARED: list[RayCluster] = []
-
-
-def shared_cluster(request) -> RayCluster:
-    """One two-node cluster (head 1 CPU + worker node 1 CPU) for every test of the session that
-    asks for it (starting one costs 30-60 s here); stopped when the session ends."""
-    if not _SHARED:
-        _SHARED.append(start_two_nodes())
-        request.config.add_cleanup(lambda: _SHARED.pop().stop())
-    cluster = _SHARED[0]
-    cluster.wait_idle()
     return cluster
 
 

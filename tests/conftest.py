@@ -51,6 +51,19 @@ def ray_local(s3_session):
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def two_nodes():
+    """One two-node cluster (head 1 CPU + worker node 1 CPU, tests/clusters.py) for every test of the
+    session that asks for it (starting one costs 30-60 s here). Stopped in the session's teardown: a
+    pytest-xdist worker reports itself done after that, and its controller kills a worker still alive
+    10 s later, which cut short a `config.add_cleanup` stop and left the head's gcs_server running."""
+    from clusters import start_two_nodes
+
+    cluster = start_two_nodes()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
 def storage(tmp_path):
     """A fresh storage path for runs."""

@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from clusters import DIGITS, TEST_RESOURCE, Raydl, ray_env, shared_cluster
+from clusters import DIGITS, TEST_RESOURCE, Raydl, ray_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")
-def cluster(request):
-    return shared_cluster(request)
+def cluster(two_nodes):
+    two_nodes.wait_idle()  # no Train actors left by another module's runs
+    return two_nodes
 
 
 def test_address_flag_runs_on_both_nodes(cluster, tmp_path):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clusters import DIGITS, Raydl, ray_env, shared_cluster
+from clusters import DIGITS, Raydl, ray_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -22,8 +22,9 @@ NAME = "digits-mlp"  # the run name in configs/digits_mlp.yaml
 
 
 @pytest.fixture(scope="module")
-def cluster(request):
-    return shared_cluster(request)
+def cluster(two_nodes):
+    two_nodes.wait_idle()  # no Train actors left by another module's runs
+    return two_nodes
 
 
 def train_args(storage: Path, address: str | None, *extra: str, epochs: int = EPOCHS) -> list[str]:

@@ -141,7 +141,7 @@ def _closed_port() -> int:
     (f"127.0.0.1:{_closed_port()}", ["nothing is listening", "connection refused"]),
     ("garbage", ["expected host:port"]),
     ("http://127.0.0.1:8265", ["Ray Jobs"]),
-])
+], ids=["closed-port", "garbage", "jobs-url"])  # fixed ids: pytest-xdist's workers collect the same tests
 def test_bad_address_fails_in_seconds(capsys, tmp_path, monkeypatch, address, words):
     t0 = time.monotonic()
     fails_cleanly(capsys, tmp_path, ["train", str(write_spec(tmp_path)), "--address", address], *words)

@@ -69,7 +69,8 @@ def _closed_port() -> int:
 
 
 BAD_ADDRESSES = [
-    (f"127.0.0.1:{_closed_port()}", ["nothing is listening there (connection refused)", "raydl cluster up"]),
+    pytest.param(f"127.0.0.1:{_closed_port()}", ["nothing is listening there (connection refused)", "raydl cluster up"],
+                 id="closed-port"),  # a fixed id: pytest-xdist's workers must collect the same tests
     ("garbage", ["not a Ray address", "expected host:port", "ray://host:port"]),
     ("127.0.0.1:99999", ["expected host:port"]),
     ("http://127.0.0.1:8265", ["Ray Jobs API", "host:port"]),

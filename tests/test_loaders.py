@@ -106,6 +106,9 @@ def test_loaders_agree_and_streamed_ddp_matches_one_worker(ray_local, tmp_path):
     for metric in ("test_loss", "test_accuracy", "val_loss", "val_accuracy"):
         assert streamed.metrics[metric] == pytest.approx(memory.metrics[metric], abs=1e-4), metric
         assert streamed.metrics[metric] == pytest.approx(one.metrics[metric], abs=1e-4), metric
+    for h2, h1 in zip(streamed.history, one.history, strict=True):  # per-epoch metrics, reduced over ranks
+        assert h2["train_loss"] == pytest.approx(h1["train_loss"], abs=1e-5)
+        assert h2["val_accuracy"] == pytest.approx(h1["val_accuracy"])
 
 
 # ---- the driver's memory ----------------------------------------------------------------------

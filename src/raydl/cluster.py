@@ -66,10 +66,17 @@ def running() -> LocalHead | None:
     return head if head is not None and head.reachable() else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports, all held open until all are chosen: the kernel may hand a port it has
+    just freed out again, and `ray start` refuses two of its components on one port."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _names(arg: str, temp_dir: str) -> bool:
@@ -157,7 +164,7 @@ def up(num_cpus: int | None = None) -> LocalHead:
     if head is not None:
         return head
     temp_dir = tempfile.mkdtemp(prefix=f"raydl-{os.getuid()}-", dir="/tmp")  # new, ours; short: Unix socket paths are limited
-    port = _free_port()
+    port, agent, metrics = free_ports(3)
     # One logical CPU beyond the cores: Ray Data's file listing needs one while the training
     # workers hold theirs (see raydl.session.STREAM_CPUS); it shares the cores with them.
     cpus = num_cpus or (os.cpu_count() or 1) + 1
@@ -165,7 +172,7 @@ def up(num_cpus: int | None = None) -> LocalHead:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
     cmd = [ray_bin, "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}", f"--num-cpus={cpus}",
            "--include-dashboard=false", "--disable-usage-stats",
-           f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+           f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}"]
     # In a session of its own, so the head's daemons (which outlive `ray start`) carry its pid as their session id.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
