@@ -114,3 +114,14 @@ def test_down_removes_only_a_temp_dir_up_made(tmp_path, monkeypatch):
                                                 "started_at": 0.0, "pids": {}}))
     assert cluster.down()
     assert (precious / "keep").read_text() == "keep" and not cluster.state_file().exists()
+
+
+def test_free_ports_are_distinct_and_free():
+    """`up` hands three of these to one `ray start`, which refuses two components on one port."""
+    import socket
+
+    ports = cluster.free_ports(64)
+    assert len(set(ports)) == 64, sorted(ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("", port))  # still free once returned
