@@ -64,6 +64,13 @@ def two_nodes():
     cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def cluster(two_nodes):
+    """`two_nodes` for one module, once no Train actor of another module's runs is left on it."""
+    two_nodes.wait_idle()
+    return two_nodes
+
+
 @pytest.fixture
 def storage(tmp_path):
     """A fresh storage path for runs."""

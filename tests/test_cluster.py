@@ -18,12 +18,6 @@ from clusters import DIGITS, TEST_RESOURCE, Raydl, ray_env
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
-@pytest.fixture(scope="module")
-def cluster(two_nodes):
-    two_nodes.wait_idle()  # no Train actors left by another module's runs
-    return two_nodes
-
-
 def test_address_flag_runs_on_both_nodes(cluster, tmp_path):
     assert len(cluster.raylets()) == 2
     args = ["train", DIGITS, "training.epochs=2", f"run.storage_path={tmp_path / 'runs'}", "run.name=on-two-nodes",

@@ -31,15 +31,15 @@ def _final_weights(storage: str, name: str) -> dict:
     return torch.load(latest / STATE_FILE, map_location="cpu", weights_only=True)["model"]
 
 
-def _spec(storage: str, name: str, loader: str, workers: int, batch: int) -> JobSpec:
+def _spec(storage: str, name: str, workers: int, batch: int) -> JobSpec:
     # 200 XOR rows -> 120 train rows.
     return JobSpec.model_validate({
         "run": {"name": name, "storage_path": storage},
         # 203 rows: a train split of exactly 120 (the split hashes rows), so no rank drops a row
-        "data": {"source": "xor", "n_samples": 203, "seed": 3, "loader": loader},
+        "data": {"source": "xor", "n_samples": 203, "seed": 3, "loader": "in_memory"},
         "model": {"name": "mlp", "hidden": [16, 16], "activation": "tanh", "dropout": 0.0, "init": "xavier"},
         "optimizer": {"name": "momentum", "lr": 0.1, "momentum": 0.9},
-        "training": {"epochs": 4, "batch_size": batch, "seed": 7, "shuffle": loader == "in_memory"},
+        "training": {"epochs": 4, "batch_size": batch, "seed": 7, "shuffle": True},
         "scaling": {"num_workers": workers},
         "checkpoint": {"every_n_epochs": 1, "keep_last": 1},
         "tracking": "none",
@@ -50,10 +50,10 @@ def _spec(storage: str, name: str, loader: str, workers: int, batch: int) -> Job
 # The streamed path's DDP equivalence (each step a full pass: streaming_split gives no order
 # guarantee) is tests/test_loaders.py::test_loaders_agree_and_streamed_ddp_matches_one_worker, on files.
 @pytest.mark.slow
-@pytest.mark.parametrize("loader, batch", [("in_memory", 8)])
-def test_two_workers_match_one_worker_with_double_batch(ray_local, storage, loader, batch):
-    two = train(_spec(storage, "ddp-2", loader, workers=2, batch=batch))
-    one = train(_spec(storage, "ddp-1", loader, workers=1, batch=2 * batch))
+def test_two_workers_match_one_worker_with_double_batch(ray_local, storage):
+    batch = 8
+    two = train(_spec(storage, "ddp-2", workers=2, batch=batch))
+    one = train(_spec(storage, "ddp-1", workers=1, batch=2 * batch))
     assert two.metrics["epochs_run"] == one.metrics["epochs_run"] == 4
     # Training happened (two runs that did nothing would also "match").
     assert one.history[-1]["train_loss"] < one.history[0]["train_loss"] - 0.01

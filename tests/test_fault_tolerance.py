@@ -21,12 +21,6 @@ EPOCHS = 12
 NAME = "digits-mlp"  # the run name in configs/digits_mlp.yaml
 
 
-@pytest.fixture(scope="module")
-def cluster(two_nodes):
-    two_nodes.wait_idle()  # no Train actors left by another module's runs
-    return two_nodes
-
-
 def train_args(storage: Path, address: str | None, *extra: str, epochs: int = EPOCHS) -> list[str]:
     return [
         "train", DIGITS, f"run.storage_path={storage}", f"training.epochs={epochs}", "checkpoint.every_n_epochs=1",

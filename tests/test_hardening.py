@@ -7,7 +7,6 @@ import datetime
 import decimal
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from clusters import free_port
 from test_bad_input import error_line, fails_cleanly, good_columns, snapshot, table_file, write_spec
 
 from raydl.batches import build_kind
@@ -131,14 +131,8 @@ def test_storage_path_read_only_or_not_creatable(capsys, tmp_path, readonly_dir)
     assert list(readonly_dir.iterdir()) == []
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize(("address", "words"), [
-    (f"127.0.0.1:{_closed_port()}", ["nothing is listening", "connection refused"]),
+    (f"127.0.0.1:{free_port()}", ["nothing is listening", "connection refused"]),
     ("garbage", ["expected host:port"]),
     ("http://127.0.0.1:8265", ["Ray Jobs"]),
 ], ids=["closed-port", "garbage", "jobs-url"])  # fixed ids: pytest-xdist's workers collect the same tests

@@ -3,12 +3,12 @@ bad drift output path each fail in seconds with one `raydl: error:` line, exit 2
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from clusters import free_port
 from test_bad_input import error_line, fails_cleanly, snapshot, write_spec
 
 from raydl.cli import main
@@ -62,14 +62,9 @@ def test_storage_path_read_only_or_not_creatable(capsys, tmp_path, readonly_dir,
 # ---- --address and RAY_ADDRESS ----------------------------------------------------------------
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:  # bound, never listened on, closed: nothing answers there
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 BAD_ADDRESSES = [
-    pytest.param(f"127.0.0.1:{_closed_port()}", ["nothing is listening there (connection refused)", "raydl cluster up"],
+    pytest.param(f"127.0.0.1:{free_port()}",  # a free port: nothing answers there
+                  ["nothing is listening there (connection refused)", "raydl cluster up"],
                  id="closed-port"),  # a fixed id: pytest-xdist's workers must collect the same tests
     ("garbage", ["not a Ray address", "expected host:port", "ray://host:port"]),
     ("127.0.0.1:99999", ["expected host:port"]),

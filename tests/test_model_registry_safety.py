@@ -231,9 +231,9 @@ def test_corrupt_foreign_and_unreachable_databases_are_one_line(tmp_path, capsys
     rc, err = cli(capsys, "list", "--storage", str(tmp_path), "--db", str(other))
     assert rc == 2 and "holds other tables (invoices) and no raydl registry" in err, err
 
-    from postgres import _free_port
+    from clusters import free_port
 
-    rc, err = cli(capsys, "list", "--storage", str(tmp_path), "--db", f"postgresql://u:secret@127.0.0.1:{_free_port()}/x",
+    rc, err = cli(capsys, "list", "--storage", str(tmp_path), "--db", f"postgresql://u:secret@127.0.0.1:{free_port()}/x",
                   "--timeout", "2")
     assert rc == 2 and "cannot reach the registry database postgresql+psycopg://u:***@127.0.0.1" in err, err
     assert "secret" not in err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+from clusters import free_port
 
 from raydl import storage
 from raydl.errors import DataError, OutputError
@@ -48,12 +48,6 @@ def make_dir(root: Path, files: dict[str, bytes]) -> Path:
 
 def read_dir(root: Path) -> dict[str, bytes]:
     return {f.relative_to(root).as_posix(): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- paths and filesystems -------------------------------------------------------------------
