@@ -16,12 +16,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from raydl.columns import MAX_CLASSES, id_values, label_type_ok
 from raydl.datasets import Arrays, Builtin, load_source
 from raydl.errors import DataError
 from raydl.spec import DataSpec
 from raydl.split import assign, id_keys, row_keys
-
-MAX_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -129,15 +128,8 @@ def _infer_task(col: pa.ChunkedArray) -> str:
     return "classification"
 
 
-def _label_type_ok(t: pa.DataType) -> bool:
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
-            or pa.types.is_string(t) or pa.types.is_large_string(t))
-
-
 def _labels(col: pa.ChunkedArray, task: str, where: str, declared: list | None = None) -> tuple[np.ndarray, list]:
-    if not _label_type_ok(col.type):
+    if not label_type_ok(col.type):
         raise DataError(f"{where}.label: the label column has type {col.type}; a label must be an integer, "
                         "float, bool or string (categorical) column")
     if pa.types.is_dictionary(col.type):
@@ -185,16 +177,6 @@ def encode_declared(values: np.ndarray, declared: list, where: str) -> np.ndarra
     return np.array([index[v] for v in uniq.tolist()], dtype=np.int64)[inverse.reshape(-1)]
 
 
-def _id_values(col: pa.ChunkedArray) -> np.ndarray:
-    """A declared id column's values (integers or strings; no missing values)."""
-    if col.null_count:
-        raise DataError(f"data.id_column: {col.null_count} row(s) have no id")
-    t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
-    if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
-        raise DataError(f"data.id_column: the id column has type {t}; an id must be an integer or a string")
-    return col.cast(t).to_numpy(zero_copy_only=False)
-
-
 def fingerprint(X: np.ndarray, y: np.ndarray) -> str:
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(X).tobytes())
@@ -237,7 +219,7 @@ def prepare(spec: DataSpec, min_train_rows: int = 1) -> Prepared:
     y, classes = _labels(table.column(label), task, "data", spec.classes)
 
     if spec.id_column is not None:  # a declared row id: the split follows it
-        keys = id_keys(_id_values(table.column(spec.id_column)))
+        keys = id_keys(id_values(table.column(spec.id_column)))
     else:
         raw_label = table.column(label)
         if pa.types.is_dictionary(raw_label.type):

@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from raydl import split, storage
-from raydl.data import MAX_CLASSES, Preprocessing, _label_type_ok
+from raydl.columns import MAX_CLASSES, label_type_ok
+from raydl.data import Preprocessing
 from raydl.datasets import DATASETS, _format_of, _is_uri
 from raydl.drift.partial import ProfilePartial, ProfilePass
 from raydl.drift.profile import sample_key_bound
@@ -373,7 +374,7 @@ def _check_columns(spec: DataSpec, schema: pa.Schema) -> tuple[list[str], str]:
         if not _numeric(t):
             raise DataError(f"data.features: column {f!r} has type {t}; features must be numeric (int, float or bool)")
     t = schema.field(label).type
-    if not _label_type_ok(t):
+    if not label_type_ok(t):
         raise DataError(f"data.label: the label column has type {t}; a label must be an integer, "
                         "float, bool or string (categorical) column")
     return list(features), label

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from raydl import split
-from raydl.data import MAX_CLASSES, _id_values
+from raydl.columns import MAX_CLASSES, id_values
 from raydl.drift.partial import ProfilePartial, ProfilePass
 from raydl.drift.profile import ProfileSettings
 from raydl.errors import DataError
@@ -120,7 +120,7 @@ def decode(batch: pa.Table, features: list[str], label: str, id_column: str | No
         y = y.fill_null(False if pa.types.is_boolean(y.type) else 0 if numeric else "")
     values = y.to_numpy(zero_copy_only=False)
     paths = batch.column(PATH).to_numpy(zero_copy_only=False) if PATH in batch.column_names else None
-    ids = _id_values(batch.column(id_column)) if id_column else None
+    ids = id_values(batch.column(id_column)) if id_column else None
     return Batch(X, values, null, numeric, paths, ids)
 
 
@@ -191,9 +191,12 @@ class ModelReady:
     """map_batches function: the rows of one split as model input, x float32 [B, F] and y."""
 
     def __init__(self, cols: Columns, stats: SourceStats, seed: int, fractions: tuple, part: int) -> None:
-        self.cols, self.stats, self.seed, self.fractions, self.part = cols, stats, seed, fractions, part
+        # the numbers only, not `stats`: unpickling a `SourceStats` in a map task would import raydl.source (torch)
+        self.cols, self.seed, self.fractions, self.part = cols, seed, fractions, part
         self.mean, self.std = np.asarray(stats.mean), np.asarray(stats.std)
         self.class_ids = {c: i for i, c in enumerate(stats.classes)}
+        self.regression = stats.task == "regression"
+        self.target_mean, self.target_std = stats.target_mean, stats.target_std
 
     def __call__(self, batch: pa.Table) -> dict:
         b = self.cols.decode(batch)
@@ -202,8 +205,8 @@ class ModelReady:
         return {"x": x, "y": self.targets(b.label[keep])}
 
     def targets(self, values: np.ndarray) -> np.ndarray:
-        if self.stats.task == "regression":
-            y = (values.astype(np.float64) - self.stats.target_mean) / self.stats.target_std
+        if self.regression:
+            y = (values.astype(np.float64) - self.target_mean) / self.target_std
             return y.astype(np.float32)
         uniq, inverse = np.unique(values, return_inverse=True)
         unseen = [v for v in uniq.tolist() if v not in self.class_ids]
