@@ -12,9 +12,13 @@ from raydl.errors import DataError
 MAX_CLASSES = 1000
 
 
+def value_type(t: pa.DataType) -> pa.DataType:
+    """The type of a column's values (a dictionary-encoded column's value type)."""
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
 def label_type_ok(t: pa.DataType) -> bool:
-    if pa.types.is_dictionary(t):
-        t = t.value_type
+    t = value_type(t)
     return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
             or pa.types.is_string(t) or pa.types.is_large_string(t))
 
@@ -23,7 +27,7 @@ def id_values(col: pa.ChunkedArray) -> np.ndarray:
     """A declared id column's values (integers or strings; no missing values)."""
     if col.null_count:
         raise DataError(f"data.id_column: {col.null_count} row(s) have no id")
-    t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    t = value_type(col.type)
     if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
         raise DataError(f"data.id_column: the id column has type {t}; an id must be an integer or a string")
     return col.cast(t).to_numpy(zero_copy_only=False)

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from raydl import split, storage
-from raydl.columns import MAX_CLASSES, label_type_ok
+from raydl.columns import MAX_CLASSES, label_type_ok, value_type
 from raydl.data import Preprocessing
 from raydl.datasets import DATASETS, _format_of, _is_uri
 from raydl.drift.partial import ProfilePartial, ProfilePass
@@ -121,7 +121,7 @@ class Source:
                           task: str = "auto", min_train_rows: int = 1) -> tuple[SourceStats, ProfilePartial]:
         """`stats`, and the drift reference profile's first pass over the train rows (moments
         and a uniform bottom-k sample of `PROFILE.sample_size` rows) from the same pass."""
-        label_type = _value_type(self.label_type)
+        label_type = value_type(self.label_type)
         if task == "regression" and not (pa.types.is_integer(label_type) or pa.types.is_floating(label_type)):
             raise DataError(f"data.label: regression needs a numeric label, got type {label_type}")
         k = PROFILE.sample_size
@@ -197,10 +197,6 @@ class Source:
                     ModelReady(self._cols, stats, seed, tuple(fractions), i),
                     batch_format="pyarrow", batch_size=BLOCK, **task_args())
                 for i, name in enumerate(SPLITS)}
-
-
-def _value_type(t: pa.DataType) -> pa.DataType:
-    return t.value_type if pa.types.is_dictionary(t) else t
 
 
 def _raise_problems(problems: dict, features: list[str], label: str) -> None:
