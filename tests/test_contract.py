@@ -21,7 +21,7 @@ from raydl.data import prepare, prepare_arrays
 from raydl.datasets import DATASETS, Arrays, Builtin
 from raydl.errors import DataError, SpecError
 from raydl.inference import evaluate, predict
-from raydl.loop import WorkerConfig, _grad_health, evaluate_batches
+from raydl.loop import FiniteCheck, WorkerConfig, _grad_health, evaluate_batches
 from raydl.model_dir import FORMAT_VERSION, load_model, manifest, write_model_dir
 from raydl.models import MODELS, build_model
 from raydl.penalties import L1, build_penalties
@@ -97,6 +97,33 @@ def test_a_batch_is_a_mapping_moved_in_one_place_and_counted_by_its_target():
 
     g = to_device(Graphs(), torch.device("cpu"))
     assert g.device == torch.device("cpu") and batch_len(g) == 5
+
+
+class _HostEvent:
+    """A CUDA event's stand-in on the CPU, where copies are already done when they return."""
+
+    def record(self) -> None: ...
+
+    def synchronize(self) -> None: ...
+
+
+def test_finite_check_on_a_gpu_reads_each_verdict_one_step_late():
+    # The lagged path a GPU takes, with host buffers in place of pinned memory and CUDA events.
+    check = FiniteCheck(torch.device("cpu"))
+    check.lag, check.flags, check.events = True, [torch.ones((), dtype=torch.bool) for _ in range(2)], [_HostEvent(), _HostEvent()]
+    nan, ok = torch.tensor(float("nan")), torch.tensor(1.0)
+    # Gradient accumulation over 2 micro-batches checks only odd steps: step 1's verdict must
+    # survive step 3's copy (it is read then, one check late).
+    assert check.bad_step(nan, 1) is None
+    assert check.bad_step(ok, 3) == 1
+    check = FiniteCheck(torch.device("cpu"))
+    check.lag, check.flags, check.events = True, [torch.ones((), dtype=torch.bool) for _ in range(2)], [_HostEvent(), _HostEvent()]
+    assert [check.bad_step(ok, i) for i in range(3)] == [None, None, None]
+    assert check.bad_step(torch.tensor(float("inf")), 3) is None and check.flush() == 3  # the epoch's last step
+    assert check.flush() is None
+    # On the CPU the verdict is immediate.
+    cpu = FiniteCheck(torch.device("cpu"))
+    assert cpu.bad_step(ok, 0) is None and cpu.bad_step(nan, 1) == 1 and cpu.flush() is None
 
 
 def test_divergence_check_sees_every_parameter_that_has_a_gradient():

@@ -135,8 +135,10 @@ def _all_reduce(x: np.ndarray, op: str = "sum") -> np.ndarray:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    if dist.get_backend() == "nccl":  # NCCL reduces device tensors only
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
     dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-    return t.numpy()
+    return t.cpu().numpy()
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -163,6 +165,45 @@ def _grad_health(params: list[torch.Tensor]) -> torch.Tensor:
     received a gradient (other heads and frozen layers get none), no norm computed."""
     sums = [p.grad.sum() for p in params if p.grad is not None]
     return torch.stack(sums).sum() if sums else torch.zeros(())
+
+
+class FiniteCheck:
+    """Whether a step's gradient health (`_grad_health` or the clipped norm) was finite. On the CPU
+    it is read at once. On a GPU reading it would stall the device every step, so the flag is copied
+    to pinned host memory without blocking and read one step later, while the GPU runs the next
+    step: a non-finite step is then found one step late, after its update reached the live weights
+    (the best weights are a separate copy, and the run stops as diverged either way)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.lag = device.type == "cuda"
+        if self.lag:
+            self.flags = [torch.ones((), dtype=torch.bool).pin_memory() for _ in range(2)]
+            self.events = [torch.cuda.Event() for _ in range(2)]
+        self.pending: tuple[int, int] | None = None  # (slot, step) copied but not yet read
+        self.checks = 0
+
+    def bad_step(self, health: torch.Tensor, step: int) -> int | None:
+        """The step whose health was non-finite, if one is known now; else None."""
+        if not self.lag:
+            return None if torch.isfinite(health) else step
+        slot = self.checks % 2  # not the step's index: with gradient accumulation that skips numbers
+        self.checks += 1
+        self.flags[slot].copy_(torch.isfinite(health), non_blocking=True)
+        self.events[slot].record()
+        earlier, self.pending = self.pending, (slot, step)
+        return self._read(earlier)
+
+    def flush(self) -> int | None:
+        """At the end of an epoch: the last step's verdict."""
+        earlier, self.pending = self.pending, None
+        return self._read(earlier)
+
+    def _read(self, pending: tuple[int, int] | None) -> int | None:
+        if pending is None:
+            return None
+        slot, step = pending
+        self.events[slot].synchronize()
+        return None if bool(self.flags[slot]) else step
 
 
 def final_metrics(best, shards, task: Task, kind: DataKind, device, autocast, scored) -> dict:
@@ -200,10 +241,13 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(t.seed)
     np.random.seed(t.seed)
     device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # this worker's GPU for NCCL's reductions and new tensors
 
     task = build_task(prep, spec.loss)
     kind = build_kind(prep)
-    model = build_model(spec.model, kind, task.n_outputs())
+    # On the device before the optimizer exists, so that a resumed optimizer's state lands there too.
+    model = build_model(spec.model, kind, task.n_outputs()).to(device)
     if spec.finetune is not None:  # start from a trained model: its weights, some layers frozen
         finetune.apply(model, spec.finetune)
     penalties = build_penalties(spec, model)
@@ -233,7 +277,7 @@ def train_loop_per_worker(config: dict) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
 
     if cfg.loader == "in_memory":
-        shards = InMemoryShards(ray.get(cfg.splits), rank, world, t.seed, t.shuffle)
+        shards = InMemoryShards(ray.get(cfg.splits), rank, world, t.seed, t.shuffle, device)
     else:
         shards = RayDataShards(rank, t.seed, t.shuffle)
     tracker = start_tracker(spec, cfg.run_dir, cfg.manifest, rank) if rank == 0 else None
@@ -246,7 +290,9 @@ def train_loop_per_worker(config: dict) -> None:
         if state.status != "running":
             break
         ddp_model.train()
-        t0, steps, local_loss, local_n, micro = time.perf_counter(), 0, 0.0, 0, 0
+        t0, steps, local_n, micro = time.perf_counter(), 0, 0, 0
+        # The loss summed on the device (float64, as Python's float would): no sync per step on a GPU.
+        local_loss, finite = torch.zeros((), dtype=torch.float64, device=device), FiniteCheck(device)
         for i, cols in enumerate(shards.train(epoch, t.batch_size)):
             batch = to_device(kind.collate(cols), device)
             n = batch_len(batch)
@@ -257,7 +303,7 @@ def train_loop_per_worker(config: dict) -> None:
                 batch_loss = task.loss(out, batch)
                 total = batch_loss + sum(p(model, batch, out) for p in penalties) if penalties else batch_loss
             scaler.scale(total / t.grad_accum_steps).backward()
-            local_loss += batch_loss.item() * n
+            local_loss += batch_loss.detach().double() * n
             local_n += n
             if not sync:
                 continue
@@ -269,8 +315,9 @@ def train_loop_per_worker(config: dict) -> None:
             # take the same decision: the total norm when clipping by norm, else the sum of every
             # gradient (cheaper than a norm, and as non-finite as any of its entries).
             health = torch.nn.utils.clip_grad_norm_(params, t.clip_grad_norm) if t.clip_grad_norm else _grad_health(params)
-            if not scaler.is_enabled() and not torch.isfinite(health):
-                state.status, state.diverged_at = "diverged", (epoch, i)
+            bad = None if scaler.is_enabled() else finite.bad_step(health, i)
+            if bad is not None:
+                state.status, state.diverged_at = "diverged", (epoch, bad)
                 break
             scaler.step(optimizer)
             scaler.update()
@@ -278,6 +325,9 @@ def train_loop_per_worker(config: dict) -> None:
             steps += 1
             if first_step_s is None:
                 first_step_s = time.time() - cfg.launch_ts
+        bad = finite.flush() if state.status == "running" else None
+        if bad is not None:
+            state.status, state.diverged_at = "diverged", (epoch, bad)
         if micro and state.status == "running":  # leftover micro-batches at the end of the epoch
             scaler.step(optimizer)
             scaler.update()
@@ -287,7 +337,7 @@ def train_loop_per_worker(config: dict) -> None:
         last_step_s = time.time() - cfg.launch_ts
         scheduler.step()
 
-        train_sums = _all_reduce(np.array([local_loss, local_n, steps]))
+        train_sums = _all_reduce(np.array([local_loss.item(), local_n, steps]))
         # The bare module, not the DDP wrapper: ranks may hold different numbers of validation
         # batches, and DDP's forward would broadcast BatchNorm buffers (a collective) on each.
         val = _all_reduce(evaluate_batches(model, shards.eval("val"), task, kind, device, autocast))
