@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -379,3 +380,34 @@ def test_id_column_and_declared_classes_match_the_in_memory_path(tmp_path):
     assert (stats.n_train, stats.n_val, stats.n_test) == (len(memory.train), len(memory.val), len(memory.test))
     assert stats.classes == memory.prep.classes == [0, 1, 2, 5] and stats.features == ["f0"]
     np.testing.assert_allclose(stats.mean, memory.prep.mean, rtol=1e-12)
+
+
+MAP_TASK = textwrap.dedent("""
+    import pickle, sys
+    fns, batch = pickle.loads(sys.stdin.buffer.read())
+    for fn in fns:
+        fn(batch)
+    print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+""")
+
+
+def test_the_map_functions_unpickle_and_run_in_a_fresh_process_without_torch():
+    """Ray Data's map tasks unpickle these in fresh worker processes, and Ray keeps starting new
+    ones through a run: importing torch there cost 1.5 s of a core per worker (bench/RESULTS.md,
+    2026-12-04), so none of them may need it, nor may any module they import."""
+    from raydl.drift.partial import ProfilePass
+    from raydl.source import SourceStats
+    from raydl.source_batches import Columns, ModelReady, RawRows, StatsPass
+
+    cols = Columns(["a", "b"], "y", "memory")
+    stats = SourceStats(6, 1, 1, ["a", "b"], "y", "classification", [0, 1], [0.0, 0.0], [1.0, 1.0], 0.0, 1.0, "fp")
+    fractions = (0.6, 0.2, 0.2)
+    fns = [StatsPass(cols, 0, fractions, True, ProfilePass(["a", "b"], [], 16, 0)),
+           RawRows(cols, 0, fractions, 0), ModelReady(cols, stats, 0, fractions, 0)]
+    batch = pa.table({"a": np.arange(8.0), "b": np.ones(8), "y": np.arange(8) % 2})
+    for fn in fns:  # they run here, so a failure below is the import, not the call
+        fn(batch)
+    proc = subprocess.run([sys.executable, "-c", MAP_TASK], input=pickle.dumps((fns, batch)),
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout.decode().strip() == "[]", f"torch was imported: {proc.stdout.decode()[:300]}"
