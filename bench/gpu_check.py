@@ -43,15 +43,18 @@ CASES = {
 }
 
 
-def mlp_spec(data: Path) -> Path:
+def spec_file(path: Path, spec: dict) -> Path:
     import yaml
 
-    spec = {"run": {"name": "gpu-mlp"}, "data": {"source": str(data), "label": "y", "loader": "in_memory"},
-            "model": {"name": "mlp", "hidden": [512, 512]}, "optimizer": {"name": "adamw", "lr": 1e-3},
-            "training": {"epochs": 4, "batch_size": 256}, "tracking": "none"}
-    path = data.parent / "gpu_mlp.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def mlp_spec(data: Path) -> Path:
+    return spec_file(data.parent / "gpu_mlp.yaml", {
+        "run": {"name": "gpu-mlp"}, "data": {"source": str(data), "label": "y", "loader": "in_memory"},
+        "model": {"name": "mlp", "hidden": [512, 512]}, "optimizer": {"name": "adamw", "lr": 1e-3},
+        "training": {"epochs": 4, "batch_size": 256}, "tracking": "none"})
 
 
 def device_args(smoke: bool, gpus: int) -> list[str]:
@@ -78,12 +81,9 @@ def raydl_run(config: Path, overrides: list[str], dev: list[str], epochs: int, r
 def diverge_check(dev: list[str], work: Path) -> dict:
     """A run that must diverge (tests/test_bad_input.py's: diabetes regression, plain SGD at lr=10):
     raydl stops it with one line and a non-zero exit."""
-    import yaml
-
-    spec = {"run": {"name": "gpu-diverge"}, "data": {"source": "diabetes"}, "model": {"name": "mlp", "hidden": [32]},
-            "optimizer": {"name": "sgd", "lr": 10}, "training": {"epochs": 3, "batch_size": 16}, "tracking": "none"}
-    config = work / "gpu_diverge.yaml"
-    config.write_text(yaml.safe_dump(spec))
+    config = spec_file(work / "gpu_diverge.yaml", {
+        "run": {"name": "gpu-diverge"}, "data": {"source": "diabetes"}, "model": {"name": "mlp", "hidden": [32]},
+        "optimizer": {"name": "sgd", "lr": 10}, "training": {"epochs": 3, "batch_size": 16}, "tracking": "none"})
     cmd = raydl_cmd(config, [], dev, 3, work / "runs")
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     line = next((ln for ln in p.stderr.splitlines() if "training diverged" in ln), None)

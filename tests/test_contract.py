@@ -107,17 +107,21 @@ class _HostEvent:
     def synchronize(self) -> None: ...
 
 
-def test_finite_check_on_a_gpu_reads_each_verdict_one_step_late():
-    # The lagged path a GPU takes, with host buffers in place of pinned memory and CUDA events.
+def _lagged_check() -> FiniteCheck:
+    """The lagged path a GPU takes, with host buffers in place of pinned memory and CUDA events."""
     check = FiniteCheck(torch.device("cpu"))
     check.lag, check.flags, check.events = True, [torch.ones((), dtype=torch.bool) for _ in range(2)], [_HostEvent(), _HostEvent()]
+    return check
+
+
+def test_finite_check_on_a_gpu_reads_each_verdict_one_step_late():
+    check = _lagged_check()
     nan, ok = torch.tensor(float("nan")), torch.tensor(1.0)
     # Gradient accumulation over 2 micro-batches checks only odd steps: step 1's verdict must
     # survive step 3's copy (it is read then, one check late).
     assert check.bad_step(nan, 1) is None
     assert check.bad_step(ok, 3) == 1
-    check = FiniteCheck(torch.device("cpu"))
-    check.lag, check.flags, check.events = True, [torch.ones((), dtype=torch.bool) for _ in range(2)], [_HostEvent(), _HostEvent()]
+    check = _lagged_check()
     assert [check.bad_step(ok, i) for i in range(3)] == [None, None, None]
     assert check.bad_step(torch.tensor(float("inf")), 3) is None and check.flush() == 3  # the epoch's last step
     assert check.flush() is None

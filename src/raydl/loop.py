@@ -194,7 +194,7 @@ class FiniteCheck:
         return self._read(earlier)
 
     def flush(self) -> int | None:
-        """At the end of an epoch: the last step's verdict."""
+        """At the end of an epoch: the last step's verdict (none is left pending)."""
         earlier, self.pending = self.pending, None
         return self._read(earlier)
 
@@ -281,7 +281,7 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         shards = RayDataShards(rank, t.seed, t.shuffle)
     tracker = start_tracker(spec, cfg.run_dir, cfg.manifest, rank) if rank == 0 else None
-    first_step_s = None
+    first_step_s, finite = None, FiniteCheck(device)
 
     def ckpt_metric(m: dict) -> float:
         return m[ck.metric]
@@ -292,7 +292,7 @@ def train_loop_per_worker(config: dict) -> None:
         ddp_model.train()
         t0, steps, local_n, micro = time.perf_counter(), 0, 0, 0
         # The loss summed on the device (float64, as Python's float would): no sync per step on a GPU.
-        local_loss, finite = torch.zeros((), dtype=torch.float64, device=device), FiniteCheck(device)
+        local_loss = torch.zeros((), dtype=torch.float64, device=device)
         for i, cols in enumerate(shards.train(epoch, t.batch_size)):
             batch = to_device(kind.collate(cols), device)
             n = batch_len(batch)

@@ -58,9 +58,7 @@ class InMemoryShards:
 
     def __init__(self, splits: dict[str, dict[str, np.ndarray]], rank: int, world: int, seed: int, shuffle: bool,
                  device: torch.device | None = None) -> None:
-        with warnings.catch_warnings():  # read-only arrays from the object store are only read
-            warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
-            cols = {k: {c: torch.from_numpy(np.asarray(a)) for c, a in cs.items()} for k, cs in splits.items()}
+        cols = {k: _tensors(cs) for k, cs in splits.items()}
         self.device = torch.device("cpu")
         if device is not None and device.type == "cuda":
             size = sum(a.nbytes for cs in cols.values() for a in cs.values())
