@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import cloudpickle
@@ -289,3 +290,27 @@ def test_evaluate_one_split_of_the_training_data(logreg_dir, capsys):
     assert test["test_loss"] == pytest.approx(model.task.summarize(s, "test")["test_loss"], rel=1e-6)
     assert main(["evaluate", str(logreg_dir), "iris", "--split", "val"]) == 2
     assert "the splits are those of the data the model was trained on ('breast_cancer')" in capsys.readouterr().err
+
+
+def test_inference_latency_times_up_to_its_repeats_within_a_budget(logreg_dir):
+    from raydl.model_dir import inference_latency
+
+    m = load_model(logreg_dir)
+    calls = []
+    forward = m.module.forward
+
+    def counted(batch, delay=0.0):
+        calls.append(len(batch["x"]))
+        time.sleep(delay)
+        return forward(batch)
+
+    cols = {"x": np.zeros((300, len(m.features)), np.float32)}
+    m.module.forward = counted
+    out = inference_latency(m, cols, repeats=20, budget_s=10.0)  # a budget it never reaches: all repeats
+    assert set(out) == {"latency_ms_per_sample_batch1", "latency_ms_per_sample_batch256"}
+    assert calls == [1] * 21 + [256] * 21 and all(v > 0 for v in out.values())
+    calls.clear()
+    m.module.forward = lambda batch: counted(batch, delay=0.02)
+    out = inference_latency(m, cols, repeats=20, budget_s=0.05)  # 20 ms a call: the warm-up, then 3 timed calls
+    assert calls == [1] * 4 + [256] * 4
+    assert out["latency_ms_per_sample_batch1"] >= 20 and out["latency_ms_per_sample_batch256"] >= 20 / 256
