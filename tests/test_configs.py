@@ -56,6 +56,10 @@ BARS = {
 }
 # Configs whose bar is checked elsewhere (the runs take minutes here): where.
 CHECKED_ELSEWHERE = {
+    # each run is a Ray Train start-up (about 20 CPU-seconds here), so a test that trains a shipped config as
+    # it is checks that config's bar too
+    "digits_mlp.yaml": "tests/test_calibration_trained.py (the model it calibrates)",
+    "xor_mlp.yaml": "tests/test_local_cluster.py (trained on the `raydl cluster up` head)",
     "cnn_digits.yaml": "tests/test_zoo_vision_slow.py (with its int8 copies)",
     **dict.fromkeys(["resnet_digits.yaml", "mobilenet_v1_digits.yaml", "mobilenet_v2_digits.yaml", "unet_shapes.yaml",
                      "detection_shapes.yaml", "focal_digits_imbalanced.yaml"], "bench/zoo_vision.py"),
