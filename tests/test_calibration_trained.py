@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_configs import assert_meets_bar
 
 from raydl.cli import main
 from raydl.model_registry.api import ModelRegistry
@@ -39,11 +40,7 @@ def trained(ray_local, tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 def test_the_shipped_digits_mlp_meets_its_bar(trained):
-    m = trained["digits-mlp"].metrics
-    print(f"\ndigits_mlp.yaml: test_accuracy={m['test_accuracy']:.4f} (bar 0.96) after {m['epochs_run']} epochs")
-    assert m["test_accuracy"] >= 0.96
-    saved = json.loads((trained["digits-mlp"].model_dir / "metrics.json").read_text())
-    assert saved["final"]["test_accuracy"] == pytest.approx(m["test_accuracy"]) and len(saved["history"]) == m["epochs_run"]
+    assert_meets_bar("digits_mlp.yaml", trained["digits-mlp"].metrics, trained["digits-mlp"].model_dir)
 
 
 @pytest.mark.slow
