@@ -4,6 +4,7 @@ tests that need their own head or a multi-node cluster start and stop it themsel
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -49,6 +50,7 @@ def ray_local(s3_session):
     ray.init(num_cpus=3, include_dashboard=False, _temp_dir=tmp, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)  # its logs and sockets: about 14 MiB a session
 
 
 @pytest.fixture(scope="session")

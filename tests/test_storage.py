@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
+from unittest import mock
 
 import pyarrow.fs as pafs
 import pytest
@@ -157,11 +159,19 @@ def crash_after(stage: str, n: int):
     return progress
 
 
+def open_refused(dest: str, match: str) -> DataError:
+    """`open_dir(dest)` is refused, and leaves no temp dir of partial files behind."""
+    with tempfile.TemporaryDirectory() as scratch, mock.patch.object(tempfile, "tempdir", scratch):
+        with pytest.raises(DataError, match=match) as e:
+            storage.open_dir(dest)
+        assert os.listdir(scratch) == [], "the refused download left its temp dir behind"
+    return e.value
+
+
 def assert_refused(dest: str):
     assert not storage.is_complete(dest)
-    with pytest.raises(DataError, match="the model directory is incomplete") as e:
-        storage.open_dir(dest)
-    assert "\n" not in str(e.value) and dest in str(e.value)
+    err = open_refused(dest, "the model directory is incomplete")
+    assert "\n" not in str(err) and dest in str(err)
 
 
 def test_crash_while_copying_into_dest_is_refused(s3, tmp_path):
@@ -190,8 +200,7 @@ def test_file_changed_after_publish_is_refused(s3, tmp_path):
     storage.publish_dir(make_dir(tmp_path / "old", OLD), dest)
     storage.write_bytes_atomic(storage.join(dest, "spec.yaml"), b"new: spec")  # same size
     assert storage.is_complete(dest)  # sizes match: only the hashes tell
-    with pytest.raises(DataError, match="spec.yaml does not match the marker"):
-        storage.open_dir(dest)
+    open_refused(dest, "spec.yaml does not match the marker")
     storage.remove_tree(storage.join(dest, "weights.pt"))
     assert_refused(dest)
 

@@ -305,8 +305,8 @@ def is_complete(dest: str) -> bool:
 
 def open_dir(dest: str, into: Path | None = None) -> Path:
     """A local directory holding `dest`: `dest` itself when local; otherwise a download into
-    `into` (default: a new temp dir, the caller's to delete), every file checked against the
-    marker."""
+    `into` (default: a new temp dir, the caller's to delete; removed again when the download is
+    refused), every file checked against the marker."""
     fs, root = filesystem(dest)
     if _is_local(fs):
         if not Path(root).is_dir():
@@ -322,15 +322,20 @@ def open_dir(dest: str, into: Path | None = None) -> Path:
         if files is None:
             raise incomplete(f"no readable {MARKER} marker")
         local = Path(into) if into is not None else Path(tempfile.mkdtemp(prefix="raydl-dir-"))
-        for rel, meta in files.items():
-            target = local / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                size, digest = _download(fs, f"{root}/{rel}", target)
-            except FileNotFoundError:
-                raise incomplete(f"{rel} is missing") from None
-            if (size, digest) != (meta["size"], meta["sha256"]):
-                raise incomplete(f"{rel} does not match the marker")
+        try:
+            for rel, meta in files.items():
+                target = local / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    size, digest = _download(fs, f"{root}/{rel}", target)
+                except FileNotFoundError:
+                    raise incomplete(f"{rel} is missing") from None
+                if (size, digest) != (meta["size"], meta["sha256"]):
+                    raise incomplete(f"{rel} does not match the marker")
+        except BaseException:
+            if into is None:  # a refused or failed download leaves no temp dir of partial files behind
+                shutil.rmtree(local, ignore_errors=True)
+            raise
     return local
 
 
