@@ -323,20 +323,26 @@ def open_dir(dest: str, into: Path | None = None) -> Path:
             raise incomplete(f"no readable {MARKER} marker")
         local = Path(into) if into is not None else Path(tempfile.mkdtemp(prefix="raydl-dir-"))
         try:
-            for rel, meta in files.items():
-                target = local / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    size, digest = _download(fs, f"{root}/{rel}", target)
-                except FileNotFoundError:
-                    raise incomplete(f"{rel} is missing") from None
-                if (size, digest) != (meta["size"], meta["sha256"]):
-                    raise incomplete(f"{rel} does not match the marker")
+            _download_checked(fs, root, files, local, incomplete)
         except BaseException:
             if into is None:  # a refused or failed download leaves no temp dir of partial files behind
                 shutil.rmtree(local, ignore_errors=True)
             raise
     return local
+
+
+def _download_checked(fs: pafs.FileSystem, root: str, files: dict, local: Path,
+                      incomplete: Callable[[str], DataError]) -> None:
+    """Every file of the marker into `local`, each checked against its size and sha256."""
+    for rel, meta in files.items():
+        target = local / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            size, digest = _download(fs, f"{root}/{rel}", target)
+        except FileNotFoundError:
+            raise incomplete(f"{rel} is missing") from None
+        if (size, digest) != (meta["size"], meta["sha256"]):
+            raise incomplete(f"{rel} does not match the marker")
 
 
 def _download(fs: pafs.FileSystem, src: str, target: Path) -> tuple[int, str]:
