@@ -13,6 +13,52 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+# ---- how the README's `-n 2 --dist loadfile` deals the files out to its two workers ----------
+
+# The longest files first (seconds of test time on 2 cores, suite run of 2026-12-04 23:05), so that
+# the run ends on short files and neither worker idles while the other finishes a long one. xdist's
+# own order (most tests first) dealt these, each a few minutes-long Ray Train runs, out last. Alone
+# on the machine: 957 and 967 s (1802 busy CPU-seconds) in this order, 1008 s (1843) in xdist's
+# (bench/RESULTS.md). A file not listed keeps its place after them; a stale list costs time, not a test.
+LONGEST_FIRST = (
+    "multinode",  # 229: the two-node cluster's package, dealt out whole (below)
+    "test_concurrency.py", "test_s3_runs.py", "test_zoo_seq_ddp.py", "test_continual_run.py",  # 121-133
+    "test_configs.py", "test_loaders.py", "test_zoo_vision_slow.py", "test_gateway_cluster.py",  # 88-114
+    "test_pipeline_e2e.py", "test_jobs.py", "test_calibration_trained.py", "test_local_cluster.py",  # 59-64
+    "test_ddp.py", "test_tune_slow.py", "test_hardening.py", "test_cli.py", "test_continual_agem.py",  # 40-55
+    "test_continual_hooks.py", "test_storage.py", "test_tracking.py", "test_ray_engine.py",  # 30-35
+)
+# Packages whose files one worker runs back to back, for a package-scoped fixture they share.
+WHOLE_PACKAGES = ("tests/multinode",)
+
+
+def _unit(nodeid: str) -> str:
+    """The work unit of a test: its file, or its package when that is dealt out whole."""
+    path = nodeid.split("::", 1)[0]
+    package = path.rsplit("/", 1)[0]
+    return package if package in WHOLE_PACKAGES else path
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_unit(item.nodeid).rsplit("/", 1)[-1], len(rank)))  # stable
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` in the collection order above, with whole packages as one unit."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class InOrderByUnit(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    config.option.loadscopereorder = False
+    return InOrderByUnit(config, log)
+
+
 @pytest.fixture(autouse=True)
 def _ray_auth_mode_restored():
     """`raydl.session.connect` sets RAY_AUTH_MODE=token for an --address when ~/.ray/auth_token exists;
@@ -51,26 +97,6 @@ def ray_local(s3_session):
     yield ray
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)  # its logs and sockets: about 14 MiB a session
-
-
-@pytest.fixture(scope="session")
-def two_nodes():
-    """One two-node cluster (head 1 CPU + worker node 1 CPU, tests/clusters.py) for every test of the
-    session that asks for it (starting one costs 30-60 s here). Stopped in the session's teardown: a
-    pytest-xdist worker reports itself done after that, and its controller kills a worker still alive
-    10 s later, which cut short a `config.add_cleanup` stop and left the head's gcs_server running."""
-    from clusters import start_two_nodes
-
-    cluster = start_two_nodes()
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture(scope="module")
-def cluster(two_nodes):
-    """`two_nodes` for one module, once no Train actor of another module's runs is left on it."""
-    two_nodes.wait_idle()
-    return two_nodes
 
 
 @pytest.fixture
