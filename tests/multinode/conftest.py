@@ -3,8 +3,9 @@ on another node, a driver killed and rerun).
 
 It is started once for the package and stopped after the package's last test: the scheduler in
 tests/conftest.py gives the whole package to one pytest-xdist worker, so its tests run back to back
-and a second worker never starts a cluster of its own (30-60 s here), and the cluster does not idle
-through the rest of the session (a head and a worker node cost about 5 CPU-seconds a minute)."""
+and a second worker never starts a cluster of its own (12-13 s alone on the machine, 30-60 s under
+load), and the cluster does not idle through the rest of the session (a head and a worker node cost
+about 5 CPU-seconds a minute)."""
 
 from __future__ import annotations
 
