@@ -1,11 +1,14 @@
-"""The offline W&B run is read back and matches what raydl reported."""
+"""An in-process `train()` on the shared Ray: the offline W&B run is read back and matches what
+raydl reported, and the finished run leaves no Ray Train actor and no handler of Ray Train's behind."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,10 +25,26 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.slow
-def test_offline_run_matches_reported_metrics(ray_local, storage):
+def _on_sigint(signum, frame):
+    raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def trained(ray_local, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("runs")
     spec = load_spec(CONFIG, [f"run.storage_path={storage}", "run.name=wandb-readback", "training.epochs=3"])
-    result = train(spec)
+    before = signal.signal(signal.SIGINT, _on_sigint)  # a caller's own handler, as the CLI's
+    try:
+        result = train(spec)
+        after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    return spec, storage, result, after
+
+
+@pytest.mark.slow
+def test_offline_run_matches_reported_metrics(trained):
+    spec, storage, result, _ = trained
     (run_dir,) = sorted(Path(storage, "wandb-readback", "wandb").glob("offline-run-*"))
     records = _records(run_dir)
 
@@ -40,3 +59,21 @@ def test_offline_run_matches_reported_metrics(ray_local, storage):
     manifest = json.loads((result.model_dir / "manifest.json").read_text())
     assert config["manifest"]["dataset_fingerprint"] == manifest["dataset_fingerprint"]
     assert any(r["type"] == "artifact" for r in records), "the final model is logged as an artifact"
+
+
+@pytest.mark.slow
+def test_a_finished_run_leaves_no_train_actor_and_the_callers_sigint_handler(trained):
+    """fit() swaps in Ray Train's SIGINT handler, whose closure holds the run's TrainController: left in
+    place, it kept the finished controller and its DatasetManager alive until the next fit()."""
+    import ray._private.state
+
+    _, _, _, after = trained
+    assert after is _on_sigint, f"Ray Train's SIGINT handler was left in place: {after}"
+    deadline, left = time.monotonic() + 30, None
+    while time.monotonic() < deadline:
+        left = sorted(a["ActorClassName"] for a in ray._private.state.actors().values()
+                      if a["State"] != "DEAD" and a["ActorClassName"] in ("TrainController", "DatasetManager"))
+        if not left:
+            break
+        time.sleep(0.5)
+    assert not left, f"actors of the finished run still alive: {left}"

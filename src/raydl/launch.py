@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -262,8 +263,15 @@ def _fit(spec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, launch_ts
         queue = Queue(actor_options={"num_cpus": 0})
         pump = _progress_pump(queue, on_epoch)
     trainer = make_trainer(spec, prepared, worker_data(spec, prepared), man, rdir, launch_ts, progress=queue)
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
+        if sigint is not None and threading.current_thread() is threading.main_thread():
+            # fit() puts in Ray Train's SIGINT handler (it aborts this run's controller) and leaves it
+            # there: put the caller's back. Its closure held the finished run's TrainController, which
+            # lived on (with its DatasetManager and SplitCoordinators) until the next fit() or exit.
+            # Not when fit() raised: the CLI tells Ray Train's abort (SystemExit) by that handler.
+            signal.signal(signal.SIGINT, sigint)
     finally:
         if pump is not None:  # rank 0's puts are synchronous: every epoch is queued before fit() returns
             try:
