@@ -55,6 +55,9 @@ def test_address_flag_runs_on_both_nodes(cluster, tmp_path):
 
 
 def fails_fast(cluster, args: list[str], env: dict[str, str], *words: str) -> str:
+    # The actors of the previous test's run can outlive its driver: under CI's load one lived on
+    # through two of the runs below.
+    cluster.wait_idle()
     t0 = time.monotonic()
     run = Raydl(args, env=env)
     trainers: set[int] = set()
