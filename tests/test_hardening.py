@@ -7,6 +7,7 @@ import datetime
 import decimal
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -192,6 +193,71 @@ def test_resuming_from_a_crafted_checkpoint_runs_no_code(ray_local, capsys, tmp_
     torch.save({"model": {}, "evil": _Payload(str(marker))}, ckpt / "state.pt")
     fails(capsys, ["train", str(spec), "training.epochs=3"], "refusing to unpickle code")
     assert not marker.exists()
+
+
+def _checkpoint(run: Path, stamp: str, next_epoch: int) -> Path:
+    d = run / f"checkpoint_2026-12-05_01-00-{stamp}.000000"
+    d.mkdir(parents=True)
+    save_checkpoint(str(d), {"model": {"w": torch.zeros(2)}}, TrainState(next_epoch=next_epoch))
+    return d
+
+
+@pytest.mark.parametrize("record", [b"", b'{"ray_version": "2.6', None], ids=["empty", "cut", "missing"])
+def test_a_cut_off_or_missing_ray_record_resumes_from_the_newest_whole_checkpoint(caplog, tmp_path, record):
+    from raydl.launch import RAY_RECORD, salvage
+    from raydl.runs import RunDir
+
+    spec = JobSpec.model_validate({"run": {"name": "r", "storage_path": str(tmp_path)}, "data": {"source": "iris"}, "tracking": "none"})
+    run = tmp_path / "r"
+    _checkpoint(run, "00", 1)
+    whole = _checkpoint(run, "01", 2)
+    (_checkpoint(run, "02", 3) / "state.pt").write_bytes(b"PK\x03\x04 cut off")  # the copy the kill cut short
+    if record is not None:
+        (run / RAY_RECORD).write_bytes(record)
+    assert salvage(spec, RunDir.of(spec)) == str(whole)
+    assert not (run / RAY_RECORD).exists()
+    assert (run / f"{RAY_RECORD}.cut").exists() == (record is not None)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "raydl"]
+    assert line.startswith("raydl: run r: ") and line.endswith(f"; resuming from {whole}"), line
+    assert ("cut off by a kill" if record is not None else "has no record") in line
+
+
+def test_a_whole_ray_record_or_no_checkpoint_is_left_to_ray_train(caplog, tmp_path):
+    from raydl.launch import RAY_RECORD, salvage
+    from raydl.runs import RunDir
+
+    spec = JobSpec.model_validate({"run": {"name": "r", "storage_path": str(tmp_path)}, "data": {"source": "iris"}, "tracking": "none"})
+    run, rdir = tmp_path / "r", RunDir.of(spec)
+    run.mkdir()
+    assert salvage(spec, rdir) is None  # a new run
+    (_checkpoint(run, "00", 1) / "state.pt").write_bytes(b"")
+    (run / RAY_RECORD).write_bytes(b"{}")
+    assert salvage(spec, rdir) is None and (run / RAY_RECORD).read_bytes() == b"{}"  # Ray Train's to read
+    assert not caplog.records
+    (run / RAY_RECORD).write_bytes(b"{")
+    assert salvage(spec, rdir) is None  # nothing whole: the run starts over, and says so
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "raydl"]
+    assert line.endswith("and no whole checkpoint is left; starting the run over"), line
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_ray_train_wrote_its_record_resumes(ray_local, caplog, tmp_path):
+    """Ray Train rewrites checkpoint_manager_snapshot.json in place; a kill in mid-write left it empty
+    (seen in CI), and Ray Train then failed to start the run again ("ActorDiedError ... TrainController.__init__")."""
+    spec = write_spec(tmp_path)
+    assert main(["train", str(spec), "training.epochs=3"]) == 0
+    run = tmp_path / "runs" / "bad-run"
+    before = json.loads((run / "model" / "metrics.json").read_text())["history"]
+    first, last = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
+    shutil.rmtree(last)  # killed in epoch 3, as Ray Train rewrote its record
+    (run / "checkpoint_manager_snapshot.json").write_bytes(b"")
+    shutil.rmtree(run / "model")
+    assert main(["train", str(spec), "training.epochs=3"]) == 0
+    assert any(r.getMessage().endswith(f"resuming from {first}") for r in caplog.records), caplog.text
+    assert json.loads((run / "result.json").read_text())["metrics"]["epochs_run"] == 3
+    after = json.loads((run / "model" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in after] == [1, 2, 3]
+    assert after[:2] == before[:2] and after[2] != before[2]  # epochs 1-2 came from the checkpoint, 3 was run again
 
 
 @pytest.fixture

@@ -165,6 +165,7 @@ def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
 
         for ckpt in rdir.local_checkpoints():
             refuse_code(ckpt)  # a crafted checkpoint is refused here, with one line, before any worker reads it
+        start_from = salvage(spec, rdir)
         rdir.write_text("spec.yaml", spec_to_yaml(spec))
 
         streams = isinstance(prepared, Streamed)
@@ -172,8 +173,50 @@ def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
             check_resources(spec, streams)
             if streams:
                 prepared = with_stats(spec, prepared)
-            result = _fit(spec, prepared, manifest(spec, prepared.fingerprint), rdir, launch_ts, on_epoch)
+            result = _fit(spec, prepared, manifest(spec, prepared.fingerprint), rdir, launch_ts, on_epoch, start_from)
     return result
+
+
+RAY_RECORD = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
+
+
+def salvage(spec: JobSpec, rdir: RunDir) -> str | None:
+    """The checkpoint to resume from when Ray Train's record of the run's checkpoints is cut off or
+    missing while checkpoints are on disk; None when Ray Train resumes (or starts) the run itself.
+
+    Ray Train rewrites that record in place at every checkpoint, so a run killed in mid-write leaves
+    it empty or cut off, and Ray Train then cannot start the run at all (its controller dies in
+    `__init__`, with no word of why). A kill before the first record leaves checkpoints Ray Train
+    does not know of, and it would start over. The cut-off record is set aside (`.cut`) and the loop
+    starts from the newest whole checkpoint on disk (one cut off by the same kill is passed over)."""
+    from raydl import storage
+    from raydl.errors import DataError
+    from raydl.loop import load_checkpoint
+
+    record = rdir.join(RAY_RECORD)
+    try:
+        json.loads(storage.read_bytes(record))
+        return None
+    except DataError:  # no record
+        why = "Ray Train has no record of its checkpoints (the run was killed before it wrote one)"
+        if rdir.remote:
+            return None
+    except ValueError:
+        why = f"Ray Train's record of its checkpoints was cut off by a kill (set aside as {RAY_RECORD}.cut)"
+        if rdir.remote:
+            raise DataError(f"{record}: Ray Train's record of run {spec.run.name}'s checkpoints is cut off (the run was "
+                            "killed while it was written); run again with --restart to start the run over") from None
+        os.replace(record, record + ".cut")
+    for ckpt in reversed(rdir.local_checkpoints()):
+        try:
+            load_checkpoint(ckpt)
+        except DataError:
+            continue
+        log.warning("raydl: run %s: %s; resuming from %s", spec.run.name, why, ckpt)
+        return ckpt
+    if rdir.has_checkpoints():
+        log.warning("raydl: run %s: %s, and no whole checkpoint is left; starting the run over", spec.run.name, why)
+    return None
 
 
 def with_stats(spec: JobSpec, streamed: Streamed) -> Streamed:
@@ -255,14 +298,16 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
     )
 
 
-def _fit(spec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, launch_ts: float, on_epoch) -> TrainResult:
+def _fit(spec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, launch_ts: float, on_epoch,
+         start_from: str | None = None) -> TrainResult:
     queue = pump = None
     if on_epoch is not None:
         from ray.util.queue import Queue
 
         queue = Queue(actor_options={"num_cpus": 0})
         pump = _progress_pump(queue, on_epoch)
-    trainer = make_trainer(spec, prepared, worker_data(spec, prepared), man, rdir, launch_ts, progress=queue)
+    trainer = make_trainer(spec, prepared, worker_data(spec, prepared), man, rdir, launch_ts, progress=queue,
+                           start_from=start_from)
     sigint = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
@@ -279,14 +324,18 @@ def _fit(spec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, launch_ts
             except Exception:  # the queue actor is gone: the pump has stopped too
                 pass
             pump.join(timeout=5)
-    return finish_run(spec, prepared, man, rdir, result)
+    return finish_run(spec, prepared, man, rdir, result, start_from)
 
 
-def finish_run(spec: JobSpec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, result) -> TrainResult:
-    """From a finished `fit()`: the last checkpoint's state -> the model directory and result.json."""
+def finish_run(spec: JobSpec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, result,
+               start_from: str | None = None) -> TrainResult:
+    """From a finished `fit()`: the last checkpoint's state -> the model directory and result.json.
+    A run that started from `start_from` and had nothing left to train reported no checkpoint."""
+    from ray.train import Checkpoint
+
     from raydl.loop import load_checkpoint
 
-    with result.checkpoint.as_directory() as d:
+    with (result.checkpoint or Checkpoint(start_from)).as_directory() as d:
         saved, state = load_checkpoint(d)
     if state.status == "diverged":
         epoch, step = state.diverged_at
