@@ -18,9 +18,10 @@ import pytest
 from clusters import REPO, Raydl, alive, descendants, kill_all, ray_env
 
 from raydl.cli import main
-from raydl.errors import DataError, RaydlError
-from raydl.loop import load_checkpoint
+from raydl.errors import RaydlError
+from raydl.launch import newest_whole_checkpoint
 from raydl.runlock import RunLock, RunLockedError, lock_path, read_holder
+from raydl.runs import RunDir
 
 XOR = str(REPO / "configs" / "xor_mlp.yaml")
 NAME = "cc"
@@ -117,21 +118,17 @@ def checkpoints(storage: Path) -> list[Path]:
     return sorted(p for p in (storage / NAME).glob("checkpoint_*") if p.is_dir())
 
 
-def resumable_epoch(storage: Path, killed: bool = False) -> int:
+def resumable_epoch(storage: Path) -> int:
     """Epochs done in the checkpoint a rerun resumes from: Ray Train's latest registered one or, after
-    a SIGKILL that cut Ray Train's record off in mid-write (seen in CI), the newest whole checkpoint
-    (`raydl.launch.salvage`)."""
+    a kill that cut Ray Train's record off in mid-write (a SIGKILL did in CI), the newest whole
+    checkpoint (`raydl.launch.salvage`)."""
     try:
         snap = json.loads((storage / NAME / "checkpoint_manager_snapshot.json").read_text())
     except ValueError:
-        if not killed:
+        newest = newest_whole_checkpoint(RunDir(str(storage / NAME)))
+        if newest is None:
             raise
-        for ckpt in reversed(checkpoints(storage)):
-            try:
-                return load_checkpoint(str(ckpt))[1].next_epoch
-            except DataError:
-                continue
-        raise
+        return newest[1].next_epoch
     latest = storage / NAME / snap["latest_checkpoint_result"]["checkpoint_dir_name"]
     return json.loads((latest / "state.json").read_text())["next_epoch"]
 
@@ -218,7 +215,7 @@ def test_a_running_run_refuses_others_signals_stop_it_and_a_sigkilled_drivers_lo
         kill_all([p for p in tree if alive(p)])
         resumed.kill()
     assert read_holder(lock_path(str(storage), NAME))["pid"] == resumed.proc.pid, "the dead driver's record stays"
-    killed_at = resumable_epoch(storage, killed=True)
+    killed_at = resumable_epoch(storage)
     assert killed_at > saved
 
     # The stale lock does not block the next run, which resumes again; SIGTERM stops it like SIGINT (143).

@@ -204,6 +204,7 @@ def _checkpoint(run: Path, stamp: str, next_epoch: int) -> Path:
 
 @pytest.mark.parametrize("record", [b"", b'{"ray_version": "2.6', None], ids=["empty", "cut", "missing"])
 def test_a_cut_off_or_missing_ray_record_resumes_from_the_newest_whole_checkpoint(caplog, tmp_path, record):
+    from raydl.cli import _last_checkpoint_epoch
     from raydl.launch import RAY_RECORD, salvage
     from raydl.runs import RunDir
 
@@ -214,6 +215,7 @@ def test_a_cut_off_or_missing_ray_record_resumes_from_the_newest_whole_checkpoin
     (_checkpoint(run, "02", 3) / "state.pt").write_bytes(b"PK\x03\x04 cut off")  # the copy the kill cut short
     if record is not None:
         (run / RAY_RECORD).write_bytes(record)
+    assert _last_checkpoint_epoch(RunDir.of(spec)) == 2  # what `raydl: interrupted: ...` says is kept
     assert salvage(spec, RunDir.of(spec)) == str(whole)
     assert not (run / RAY_RECORD).exists()
     assert (run / f"{RAY_RECORD}.cut").exists() == (record is not None)

@@ -72,13 +72,19 @@ def _on_signal(signum: int, frame) -> None:
 
 def _last_checkpoint_epoch(rdir) -> int | None:
     """Epochs done in the checkpoint a rerun resumes from: Ray Train's latest registered checkpoint
-    (its snapshot can lag the checkpoint dirs on disk), read from the loop state raydl saves in it."""
+    (its record can lag the checkpoint dirs on disk), read from the loop state raydl saves in it; or,
+    when there is no record or a kill cut it off, the newest whole checkpoint (`launch.salvage`)."""
+    from raydl.launch import RAY_RECORD, newest_whole_checkpoint
     from raydl.loop import LOOP_STATE_FILE
 
     try:
-        snap = rdir.read_json("checkpoint_manager_snapshot.json")
+        snap = rdir.read_json(RAY_RECORD)
+    except Exception:  # none yet, or cut off: a rerun resumes from the newest whole checkpoint, if any
+        newest = None if rdir.remote else newest_whole_checkpoint(rdir)
+        return newest[1].next_epoch if newest is not None else None
+    try:
         return int(rdir.read_json(snap["latest_checkpoint_result"]["checkpoint_dir_name"], LOOP_STATE_FILE)["next_epoch"])
-    except Exception:  # no checkpoint yet, or a format this version does not know
+    except Exception:  # a format this version does not know
         return None
 
 

@@ -191,7 +191,6 @@ def salvage(spec: JobSpec, rdir: RunDir) -> str | None:
     starts from the newest whole checkpoint on disk (one cut off by the same kill is passed over)."""
     from raydl import storage
     from raydl.errors import DataError
-    from raydl.loop import load_checkpoint
 
     record = rdir.join(RAY_RECORD)
     try:
@@ -207,15 +206,25 @@ def salvage(spec: JobSpec, rdir: RunDir) -> str | None:
             raise DataError(f"{record}: Ray Train's record of run {spec.run.name}'s checkpoints is cut off (the run was "
                             "killed while it was written); run again with --restart to start the run over") from None
         os.replace(record, record + ".cut")
-    for ckpt in reversed(rdir.local_checkpoints()):
-        try:
-            load_checkpoint(ckpt)
-        except DataError:
-            continue
-        log.warning("raydl: run %s: %s; resuming from %s", spec.run.name, why, ckpt)
-        return ckpt
+    newest = newest_whole_checkpoint(rdir)
+    if newest is not None:
+        log.warning("raydl: run %s: %s; resuming from %s", spec.run.name, why, newest[0])
+        return newest[0]
     if rdir.has_checkpoints():
         log.warning("raydl: run %s: %s, and no whole checkpoint is left; starting the run over", spec.run.name, why)
+    return None
+
+
+def newest_whole_checkpoint(rdir: RunDir) -> tuple[str, Any] | None:
+    """The newest checkpoint on local disk that loads whole, with its loop state (a `TrainState`)."""
+    from raydl.errors import DataError
+    from raydl.loop import load_checkpoint
+
+    for ckpt in reversed(rdir.local_checkpoints()):
+        try:
+            return ckpt, load_checkpoint(ckpt)[1]
+        except DataError:
+            continue
     return None
 
 
