@@ -114,10 +114,6 @@ def train_args(storage: Path, *extra: str) -> list[str]:
     ]
 
 
-def checkpoints(storage: Path) -> list[Path]:
-    return sorted(p for p in (storage / NAME).glob("checkpoint_*") if p.is_dir())
-
-
 def resumable_epoch(storage: Path) -> int:
     """Epochs done in the checkpoint a rerun resumes from: Ray Train's latest registered one or, after
     a kill that cut Ray Train's record off in mid-write (a SIGKILL did in CI), the newest whole
