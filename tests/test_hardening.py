@@ -22,12 +22,14 @@ from clusters import free_port
 from test_bad_input import error_line, fails_cleanly, good_columns, snapshot, table_file, write_spec
 
 from raydl.batches import build_kind
-from raydl.cli import main
+from raydl.cli import _last_checkpoint_epoch, main
 from raydl.data import prepare
 from raydl.errors import DataError
+from raydl.launch import RAY_RECORD, salvage
 from raydl.loop import TrainState, load_checkpoint, save_checkpoint
 from raydl.model_dir import manifest, write_model_dir
 from raydl.models import build_model
+from raydl.runs import RunDir
 from raydl.spec import DataSpec, JobSpec
 from raydl.tasks import build_task
 
@@ -195,6 +197,11 @@ def test_resuming_from_a_crafted_checkpoint_runs_no_code(ray_local, capsys, tmp_
     assert not marker.exists()
 
 
+def _run_spec(tmp_path: Path) -> JobSpec:
+    """Run `r` under `tmp_path` (its checkpoints are written by hand below)."""
+    return JobSpec.model_validate({"run": {"name": "r", "storage_path": str(tmp_path)}, "data": {"source": "iris"}, "tracking": "none"})
+
+
 def _checkpoint(run: Path, stamp: str, next_epoch: int) -> Path:
     d = run / f"checkpoint_2026-12-05_01-00-{stamp}.000000"
     d.mkdir(parents=True)
@@ -204,11 +211,7 @@ def _checkpoint(run: Path, stamp: str, next_epoch: int) -> Path:
 
 @pytest.mark.parametrize("record", [b"", b'{"ray_version": "2.6', None], ids=["empty", "cut", "missing"])
 def test_a_cut_off_or_missing_ray_record_resumes_from_the_newest_whole_checkpoint(caplog, tmp_path, record):
-    from raydl.cli import _last_checkpoint_epoch
-    from raydl.launch import RAY_RECORD, salvage
-    from raydl.runs import RunDir
-
-    spec = JobSpec.model_validate({"run": {"name": "r", "storage_path": str(tmp_path)}, "data": {"source": "iris"}, "tracking": "none"})
+    spec = _run_spec(tmp_path)
     run = tmp_path / "r"
     _checkpoint(run, "00", 1)
     whole = _checkpoint(run, "01", 2)
@@ -225,10 +228,7 @@ def test_a_cut_off_or_missing_ray_record_resumes_from_the_newest_whole_checkpoin
 
 
 def test_a_whole_ray_record_or_no_checkpoint_is_left_to_ray_train(caplog, tmp_path):
-    from raydl.launch import RAY_RECORD, salvage
-    from raydl.runs import RunDir
-
-    spec = JobSpec.model_validate({"run": {"name": "r", "storage_path": str(tmp_path)}, "data": {"source": "iris"}, "tracking": "none"})
+    spec = _run_spec(tmp_path)
     run, rdir = tmp_path / "r", RunDir.of(spec)
     run.mkdir()
     assert salvage(spec, rdir) is None  # a new run
@@ -252,7 +252,7 @@ def test_a_run_killed_while_ray_train_wrote_its_record_resumes(ray_local, caplog
     before = json.loads((run / "model" / "metrics.json").read_text())["history"]
     first, last = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
     shutil.rmtree(last)  # killed in epoch 3, as Ray Train rewrote its record
-    (run / "checkpoint_manager_snapshot.json").write_bytes(b"")
+    (run / RAY_RECORD).write_bytes(b"")
     shutil.rmtree(run / "model")
     assert main(["train", str(spec), "training.epochs=3"]) == 0
     assert any(r.getMessage().endswith(f"resuming from {first}") for r in caplog.records), caplog.text
