@@ -65,10 +65,10 @@ SCENARIOS: Registry[Scenario] = Registry("stream scenario")
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    from raydl.datasets.bundled import load_digits
 
-    d = load_digits()
-    return (d.data / 16.0).astype(np.float64), d.target.astype(np.int64)
+    X, y = load_digits()
+    return X / 16.0, y
 
 
 def _table(X: np.ndarray, y: np.ndarray, task: int | None = None) -> pa.Table:

@@ -66,10 +66,10 @@ def _sklearn(loader_name: str, label: str) -> Callable[[DataSpec], pa.Table]:
 
 
 def _digits(spec: DataSpec) -> pa.Table:
-    from sklearn.datasets import load_digits
+    from raydl.datasets.bundled import load_digits
 
-    d = load_digits()
-    return _table(d.data.astype(np.float64), d.target, [f"pixel_{i}" for i in range(64)], "digit")
+    X, y = load_digits()
+    return _table(X, y, [f"pixel_{i}" for i in range(64)], "digit")
 
 
 DATASETS.register("digits")(Builtin(_digits, "digit", "classification"))

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from raydl.datasets import DATASETS, Arrays, Builtin
+from raydl.datasets.bundled import load_digits
 from raydl.spec import DataSpec
 from raydl.split import assign, row_keys
 
@@ -30,13 +31,6 @@ MULTITASK_HEADS = [
 ]
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return d.data.astype(np.float64), d.target.astype(np.int64)
-
-
 def _table(X: np.ndarray, y: np.ndarray) -> pa.Table:
     cols = {f"pixel_{i}": X[:, i] for i in range(X.shape[1])}
     cols["digit"] = y
@@ -45,7 +39,7 @@ def _table(X: np.ndarray, y: np.ndarray) -> pa.Table:
 
 def _classes(lo: int, hi: int):
     def load(spec: DataSpec) -> pa.Table:
-        X, y = _digits()
+        X, y = load_digits()
         keep = (y >= lo) & (y <= hi)
         return _table(X[keep], y[keep])
 
@@ -65,7 +59,7 @@ def few_labelled(X: np.ndarray, y: np.ndarray, spec: DataSpec, shots: int) -> np
 
 
 def _five_to_nine_few(spec: DataSpec) -> pa.Table:
-    X, y = _digits()
+    X, y = load_digits()
     hi = y >= 5
     X, y = X[hi], y[hi]
     idx = few_labelled(X, y, spec, SHOTS)
@@ -73,7 +67,7 @@ def _five_to_nine_few(spec: DataSpec) -> pa.Table:
 
 
 def _multitask(spec: DataSpec) -> Arrays:
-    X, y = _digits()
+    X, y = load_digits()
     targets = np.stack([y, y % 2, X.mean(axis=1) / 16.0], axis=1).astype(np.float32)
     return Arrays({"x": X.reshape(-1, *SHAPE).astype(np.float32), "y": targets}, classes=list(range(10)),
                   params={"heads": MULTITASK_HEADS})

@@ -54,10 +54,10 @@ def _waveforms(spec: DataSpec) -> Arrays:
 
 
 def _digits_rows(spec: DataSpec) -> Arrays:
-    from sklearn.datasets import load_digits
+    from raydl.datasets.bundled import load_digits
 
-    d = load_digits()
-    return Arrays({"x": d.images.astype(np.float32), "y": d.target.astype(np.int64)}, classes=list(range(10)))
+    X, y = load_digits()
+    return Arrays({"x": X.reshape(-1, 8, 8).astype(np.float32), "y": y}, classes=list(range(10)))
 
 
 MAJORITY_STEPS = 40

@@ -85,15 +85,15 @@ def _detection(spec: DataSpec) -> Arrays:
 
 
 def _digits_imbalanced(spec: DataSpec) -> pa.Table:
-    from sklearn.datasets import load_digits
+    from raydl.datasets.bundled import load_digits
 
-    d = load_digits()
-    keep = (d.target != 9) | (np.random.default_rng([spec.seed, 9]).random(len(d.target)) < 0.25)
-    X = d.data[keep].astype(np.float64)
+    data, target = load_digits()
+    keep = (target != 9) | (np.random.default_rng([spec.seed, 9]).random(len(target)) < 0.25)
+    X = data[keep]
     if spec.noise:
         X = X + np.random.default_rng([spec.seed, 10]).normal(0.0, spec.noise, size=X.shape)
     cols = {f"pixel_{i}": X[:, i] for i in range(64)}
-    cols["is_nine"] = (d.target[keep] == 9).astype(np.int64)
+    cols["is_nine"] = (target[keep] == 9).astype(np.int64)
     return pa.table(cols)
 
 

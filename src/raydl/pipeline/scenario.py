@@ -32,9 +32,10 @@ def _table(x: np.ndarray, y: np.ndarray) -> pa.Table:
 def digits_windows(out: str | Path, seed: int = 0) -> list[Path]:
     """Write the four windows under `out` (atomically, one Parquet file each); their paths."""
     import pyarrow.parquet as pq
-    from sklearn.datasets import load_digits
 
-    x, y = load_digits(return_X_y=True)
+    from raydl.datasets.bundled import load_digits
+
+    x, y = load_digits()
     rng = np.random.default_rng(seed)
     out = Path(out)
     paths = []
