@@ -89,6 +89,43 @@ def test_both_loaders_split_and_scale_identically(ray_local, tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
+
+def test_a_streamed_run_caches_train_and_validation_when_they_fit(ray_local, tmp_path, monkeypatch):
+    """Ray's advice for data that fits in the object store: compute it once. The cached splits hold
+    the same rows as the streamed ones and are iterated without the files (moved away below); the
+    train split still changes order every epoch (its 12 blocks, one per file), and a rebuilt
+    dataset repeats the same orders (seeded). One epoch, or splits over the budget: no cache."""
+    import shutil
+
+    from raydl import ingest
+
+    src = _write_blobs(tmp_path / "blobs", 1200, 4, files=12)
+    spec = _spec(str(tmp_path / "runs"), "x", src, "ray_data", 2, 64)
+    spec = spec.model_copy(update={"training": spec.training.model_copy(update={"shuffle": True, "epochs": 3})})
+    streamed = resolve(spec).with_stats(spec)
+    assert streamed.cached_splits(spec) == ("train", "val")
+    one_epoch = spec.model_copy(update={"training": spec.training.model_copy(update={"epochs": 1})})
+    assert streamed.cached_splits(one_epoch) == ()
+    with monkeypatch.context() as m:
+        m.setattr(ingest, "CACHE_FRACTION", 1e-9)
+        assert streamed.cached_splits(spec) == ()
+
+    def rows(ds) -> list[tuple]:
+        return [tuple(np.round(r["x"], 5)) for r in ds.iter_rows()]
+
+    lazy = streamed.datasets(spec)
+    want = {name: sorted(rows(lazy[name])) for name in ("train", "val")}
+    cached = streamed.datasets(spec, cache=True)
+    again = streamed.datasets(spec, cache=True)
+    shutil.move(src, tmp_path / "moved")  # the cached splits no longer need the files
+    orders = [rows(cached["train"]) for _ in range(3)]
+    assert sorted(rows(cached["val"])) == want["val"]
+    for order in orders:
+        assert sorted(order) == want["train"]
+    assert orders[0] != orders[1] != orders[2]  # 12 blocks: 12! orders, reseeded every epoch
+    assert [rows(again["train"]) for _ in range(3)] == orders
+
+
 @pytest.mark.slow
 def test_loaders_agree_and_streamed_ddp_matches_one_worker(ray_local, tmp_path):
     storage = str(tmp_path / "runs")

@@ -28,6 +28,10 @@ from raydl.source import Source, SourceStats, open_source
 from raydl.source_batches import PROFILE
 from raydl.spec import DataSpec, JobSpec
 
+# A streamed run keeps its train and validation splits in the object store when they take at most
+# this share of it (`Streamed.cached_splits`); the rest is left to Ray Data's streaming and spilling.
+CACHE_FRACTION = 0.25
+
 
 def decoded_bytes(spec: DataSpec) -> int:
     """The size of the feature matrix as float64, from Parquet footers or CSV file sizes (no rows read)."""
@@ -103,10 +107,34 @@ class Streamed:
     def fingerprint(self) -> str:
         return self.stats.fingerprint
 
-    def datasets(self, spec: JobSpec) -> dict:
+    def datasets(self, spec: JobSpec, cache: bool = False) -> dict:
+        """Lazy Ray Data datasets per split. With `cache`, the splits `cached_splits` names are
+        computed once into the object store (Ray's advice for data that fits there): later epochs
+        iterate those blocks instead of reading, decoding and splitting every file again. A cached
+        train split is still shuffled per epoch: its block order, seeded, changes with every epoch."""
         d = spec.data
-        parts = self.source.split_datasets(self.stats, d.seed, fractions(d), spec.training.shuffle)
+        cached = self.cached_splits(spec) if cache else ()
+        shuffle = spec.training.shuffle
+        parts = self.source.split_datasets(self.stats, d.seed, fractions(d), shuffle and "train" not in cached)
+        for name in cached:
+            parts[name] = parts[name].materialize()
+        if "train" in cached and shuffle:
+            from ray.data import RandomSeedConfig
+
+            parts["train"] = parts["train"].randomize_block_order(seed=RandomSeedConfig(d.seed, reseed_after_execution=True))
         return {k: v for k, v in parts.items() if k != "test" or self.stats.n_test}
+
+    def cached_splits(self, spec: JobSpec) -> tuple[str, ...]:
+        """("train", "val") when the run has more than one epoch (each epoch reads both) and their
+        model-ready rows (float32 features, an 8-byte target) take at most `CACHE_FRACTION` of the
+        cluster's object store; else none. Test is scored once, at the end."""
+        import ray
+
+        if spec.training.epochs < 2:
+            return ()
+        st = self.stats
+        need = (st.n_train + st.n_val) * (len(st.features) * 4 + 8)
+        return ("train", "val") if need <= CACHE_FRACTION * ray.cluster_resources().get("object_store_memory", 0) else ()
 
     def sample_inputs(self, spec: JobSpec, rows: int = 256) -> dict[str, np.ndarray]:
         """Up to `rows` model-ready train inputs (no target), e.g. to time inference: the first rows

@@ -259,11 +259,13 @@ class WorkerData:
     scored: tuple[str, ...]  # the splits scored at the end
 
 
-def worker_data(spec: JobSpec, prepared: Prepared | Streamed) -> WorkerData:
+def worker_data(spec: JobSpec, prepared: Prepared | Streamed, cache: bool = True) -> WorkerData:
+    """`cache`: a streamed source's train and validation splits may be computed once into the
+    object store (`Streamed.datasets`); Tune's trials, which run side by side, each stream theirs."""
     import ray
 
     if isinstance(prepared, Streamed):
-        datasets = prepared.datasets(spec)
+        datasets = prepared.datasets(spec, cache=cache)
         return WorkerData("ray_data", None, datasets, tuple(k for k in datasets if k != "train"))
     loader = choose_loader(spec.data.loader, prepared.train.nbytes)
     parts = {"train": prepared.train, "val": prepared.val, **({"test": prepared.test} if len(prepared.test) else {})}

@@ -115,7 +115,7 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
                      "attempt": str(rdir.path)}, checkpoint=start)
         return
     queue = Queue(actor_options={"num_cpus": 0})
-    trainer = make_trainer(spec, prepared, worker_data(spec, prepared), manifest, rdir, launch_ts,
+    trainer = make_trainer(spec, prepared, worker_data(spec, prepared, cache=False), manifest, rdir, launch_ts,
                            report_every_epoch=True, callbacks=(ForwardReports(queue),),
                            start_from=start.path if start is not None else None,
                            worker_env={"WANDB_RUN_GROUP": search})
