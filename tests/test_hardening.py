@@ -25,7 +25,7 @@ from raydl.batches import build_kind
 from raydl.cli import _last_checkpoint_epoch, main
 from raydl.data import prepare
 from raydl.errors import DataError
-from raydl.launch import RAY_RECORD, salvage
+from raydl.launch import RAY_RECORD, prune_unrecorded, salvage
 from raydl.loop import TrainState, load_checkpoint, save_checkpoint
 from raydl.model_dir import manifest, write_model_dir
 from raydl.models import build_model
@@ -242,6 +242,21 @@ def test_a_whole_ray_record_or_no_checkpoint_is_left_to_ray_train(caplog, tmp_pa
     assert line.endswith("and no whole checkpoint is left; starting the run over"), line
 
 
+def test_after_a_salvaged_run_the_checkpoints_from_before_the_kill_are_pruned_to_keep_last(tmp_path):
+    spec = _run_spec(tmp_path)  # keep_last: 2
+    run, rdir = tmp_path / "r", RunDir.of(spec)
+    old = [_checkpoint(run, f"0{i}", i + 1) for i in range(3)]  # before the kill: not in Ray Train's new record
+    cut = _checkpoint(run, "03", 4)  # cut short by the kill; salvage resumed from old[2]
+    new = _checkpoint(run, "04", 5)  # the resumed run's
+    assert prune_unrecorded(spec, rdir, str(old[2])) == []  # no record: every checkpoint may still be needed
+    (run / RAY_RECORD).write_bytes(b'{"ray_version": "2.6')
+    assert prune_unrecorded(spec, rdir, str(old[2])) == []
+    (run / RAY_RECORD).write_text(json.dumps({"checkpoint_results": [{"checkpoint_dir_name": new.name}]}))
+    assert prune_unrecorded(spec, rdir, str(old[2])) == [str(old[0]), str(old[1]), str(cut)]
+    assert sorted(p for p in run.glob("checkpoint_*") if p.is_dir()) == [old[2], new]  # the newest two whole ones, as keep_last says
+    assert prune_unrecorded(spec, rdir, str(old[2])) == []
+
+
 @pytest.mark.slow
 def test_a_run_killed_while_ray_train_wrote_its_record_resumes(ray_local, caplog, tmp_path):
     """Ray Train rewrites checkpoint_manager_snapshot.json in place; a kill in mid-write left it empty
@@ -251,11 +266,14 @@ def test_a_run_killed_while_ray_train_wrote_its_record_resumes(ray_local, caplog
     run = tmp_path / "runs" / "bad-run"
     before = json.loads((run / "model" / "metrics.json").read_text())["history"]
     first, last = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
-    shutil.rmtree(last)  # killed in epoch 3, as Ray Train rewrote its record
+    state = (last / "state.pt").read_bytes()
+    (last / "state.pt").write_bytes(state[: len(state) // 2])  # killed in epoch 3, as Ray Train rewrote its record
     (run / RAY_RECORD).write_bytes(b"")
     shutil.rmtree(run / "model")
     assert main(["train", str(spec), "training.epochs=3"]) == 0
     assert any(r.getMessage().endswith(f"resuming from {first}") for r in caplog.records), caplog.text
+    kept = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())  # the cut one is gone; keep_last: 2
+    assert len(kept) == 2 and kept[0] == first and last not in kept, kept
     assert json.loads((run / "result.json").read_text())["metrics"]["epochs_run"] == 3
     after = json.loads((run / "model" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in after] == [1, 2, 3]

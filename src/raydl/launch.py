@@ -174,6 +174,8 @@ def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
             if streams:
                 prepared = with_stats(spec, prepared)
             result = _fit(spec, prepared, manifest(spec, prepared.fingerprint), rdir, launch_ts, on_epoch, start_from)
+        if start_from is not None:
+            prune_unrecorded(spec, rdir, start_from)
     return result
 
 
@@ -213,6 +215,27 @@ def salvage(spec: JobSpec, rdir: RunDir) -> str | None:
     if rdir.has_checkpoints():
         log.warning("raydl: run %s: %s, and no whole checkpoint is left; starting the run over", spec.run.name, why)
     return None
+
+
+def prune_unrecorded(spec: JobSpec, rdir: RunDir, start_from: str) -> list[str]:
+    """After a run that `salvage` resumed from `start_from`: the checkpoints from before the kill are
+    not in Ray Train's new record, so `checkpoint.keep_last` never reaches them. Removed: those newer
+    than `start_from` (cut short by the kill: `salvage` passed over them), then those that are not
+    among the newest `keep_last` left, as Ray Train would have; the recorded ones stay Ray Train's.
+    Nothing is removed while the record cannot be read. Returns what was removed."""
+    import shutil
+
+    try:
+        recorded = {r["checkpoint_dir_name"] for r in rdir.read_json(RAY_RECORD)["checkpoint_results"]}
+    except Exception:  # no whole record: every checkpoint may still be needed
+        return []
+    ckpts = rdir.local_checkpoints()  # oldest first (the names are timestamps)
+    cut = [c for c in ckpts if Path(c).name not in recorded and Path(c).name > Path(start_from).name]
+    left = [c for c in ckpts if c not in cut]
+    stale = cut + [c for c in left[: -spec.checkpoint.keep_last] if Path(c).name not in recorded]
+    for c in stale:
+        shutil.rmtree(c, ignore_errors=True)
+    return sorted(stale)
 
 
 def newest_whole_checkpoint(rdir: RunDir) -> tuple[str, Any] | None:
