@@ -89,7 +89,6 @@ def test_both_loaders_split_and_scale_identically(ray_local, tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
-
 def test_a_streamed_run_caches_train_and_validation_when_they_fit(ray_local, tmp_path, monkeypatch):
     """Ray's advice for data that fits in the object store: compute it once. The cached splits hold
     the same rows as the streamed ones and are iterated without the files (moved away below); the
