@@ -93,7 +93,10 @@ def ray_local(s3_session):
         yield ray
         return
     tmp = tempfile.mkdtemp(prefix="raydl-test-ray-")
-    ray.init(num_cpus=3, include_dashboard=False, _temp_dir=tmp, log_to_driver=False, logging_level="WARNING")
+    from raydl.cluster import SYSTEM_CONFIG
+
+    ray.init(num_cpus=3, include_dashboard=False, _temp_dir=tmp, log_to_driver=False, logging_level="WARNING",
+             _system_config=SYSTEM_CONFIG)  # as raydl's own embedded Ray
     yield ray
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)  # its logs and sockets: about 14 MiB a session

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 from test_configs import assert_meets_bar
+from test_gc_thresholds import worker_thresholds
 
 from raydl import cluster
+from raydl.gc_thresholds import THRESHOLDS
 
 ROOT = Path(__file__).parent.parent
 
@@ -33,6 +35,8 @@ def test_train_reuses_the_local_head(tmp_path):
         head = cluster.running()
         assert head is not None and head.address in up.stdout
         assert _raydl("cluster", "up", env=env).stdout == up.stdout  # idempotent: the same head
+        # the head's workers collect at raydl's thresholds (raydl.gc_thresholds), as an embedded Ray's do
+        assert {k: v for k, v in worker_thresholds(env).items() if k != "driver"} == {"task": THRESHOLDS, "actor": THRESHOLDS}
 
         # the shipped xor config as it is: its quality bar is checked here (tests/test_configs.py)
         out = _raydl("train", str(ROOT / "configs" / "xor_mlp.yaml"), f"run.storage_path={tmp_path}",

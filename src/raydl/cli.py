@@ -232,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the console script: this process is raydl's (a program calling main keeps its own)
+        from raydl import gc_thresholds
+
+        gc_thresholds.apply()
     parser = build_parser()
     # Overrides may come after flags too (`raydl train spec.yaml --json optimizer.lr=3e-3`).
     args, extra = parser.parse_known_args(argv)

@@ -25,6 +25,10 @@ from pathlib import Path
 
 from raydl.errors import ResourceError
 
+# Ray system settings for a Ray that raydl starts itself (embedded, or `up`): Ray imports
+# raydl.gc_thresholds in every Python worker before it runs anything (see there).
+SYSTEM_CONFIG = {"preload_python_modules": ["raydl.gc_thresholds"]}
+
 
 def home() -> Path:
     return Path(os.environ.get("RAYDL_HOME", Path.home() / ".raydl"))
@@ -171,7 +175,7 @@ def up(num_cpus: int | None = None) -> LocalHead:
     ray_bin = str(Path(sys.executable).with_name("ray"))
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
     cmd = [ray_bin, "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}", f"--num-cpus={cpus}",
-           "--include-dashboard=false", "--disable-usage-stats",
+           "--include-dashboard=false", "--disable-usage-stats", f"--system-config={json.dumps(SYSTEM_CONFIG)}",
            f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}"]
     # In a session of its own, so the head's daemons (which outlive `ray start`) carry its pid as their session id.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)

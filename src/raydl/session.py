@@ -24,12 +24,12 @@ log = logging.getLogger("raydl")
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
     """Connect to `address` (or RAY_ADDRESS, or `raydl cluster up`'s head), else start an embedded
     local Ray. True if we started it. The caller has checked the address (`check_address`)."""
+    from raydl import cluster
+
     local = not (address or os.environ.get("RAY_ADDRESS"))  # embedded, or `raydl cluster up`'s head
     if not local:
         address = address or os.environ["RAY_ADDRESS"]
     else:
-        from raydl import cluster
-
         head = cluster.running()
         if head is not None:
             address = head.address
@@ -57,7 +57,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         except ConnectionError as e:
             raise ResourceError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}; is it running (ray status --address {address})?") from None
     else:
-        ray.init(include_dashboard=False, num_cpus=num_cpus, **kwargs)
+        ray.init(include_dashboard=False, num_cpus=num_cpus, _system_config=cluster.SYSTEM_CONFIG, **kwargs)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
