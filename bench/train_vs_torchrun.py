@@ -17,7 +17,9 @@ load average is recorded at each launch.
 Per run: samples/s (median over epochs 2..N of the per-epoch global training samples/s, both sides),
 launch -> first optimizer step, end of run (last optimizer step -> process exit: final scoring, model
 directory, shutdown) and wall. `--short-runs N` adds N back-to-back 1-epoch digits_mlp runs on the warm
-head (Tune trials, continual experiences): each run's launch is the previous run's exit.
+head, each a `raydl train` process launched as the previous one exits; and N such runs in one driver
+(`raydl.launch.train` called N times in one Ray session, as `raydl continual` runs its experiences and
+a pipeline its passes), timed from one run's return to the next one's first step.
 
 Usage:
   python bench/train_vs_torchrun.py --runs 3 --raw /tmp/bench.json            # everything, writes RESULTS.md
@@ -167,10 +169,44 @@ def measure(args, env: dict, save) -> dict:
                 res["short"] = [_run(raydl_cmd(CASES["digits_mlp"], f"bench-short-{i}", "in_memory", 1), run_env,
                                      "RAYDL_LAUNCH_TS", args.timeout) for i in range(args.short_runs)]
                 print(f"[short] {json.dumps(res['short'])}", file=sys.stderr, flush=True)
+                res["in_driver"] = in_driver(args.short_runs, run_env, args.timeout * args.short_runs)
+                print(f"[in_driver] {json.dumps(res['in_driver'])}", file=sys.stderr, flush=True)
         finally:
             if head:
                 head.__exit__()
     return res
+
+
+# N short runs in one driver process on the warm head (RAYDL_HOME says which): the gap of each is
+# from the previous run's return (the first: from just before it) to its first optimizer step.
+IN_DRIVER = """
+import json, sys, time
+import raydl.gc_thresholds  # as in the raydl command (continual, pipeline) that would run them
+from raydl.launch import train
+from raydl.session import ray_session
+from raydl.spec import load_spec
+
+spec, n = sys.argv[1], int(sys.argv[2])
+out = []
+with ray_session(None):
+    t = time.time()
+    for i in range(n):
+        r = train(load_spec(spec, [f"run.name=bench-indriver-{i}", "training.epochs=1", "data.loader=in_memory"]),
+                  restart=True, launch_ts=t)
+        end = time.time()
+        out.append({"time_to_first_step_s": r.metrics["time_to_first_step_s"], "end_s": end - t - r.metrics["time_to_last_step_s"],
+                    "load": float(open("/proc/loadavg").read().split()[0])})
+        t = end
+print(json.dumps(out))
+"""
+
+
+def in_driver(n: int, env: dict, timeout: float) -> list[dict]:
+    p = subprocess.run([sys.executable, "-c", IN_DRIVER, str(CASES["digits_mlp"].spec), str(n)], env=env,
+                       capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if p.returncode != 0:
+        raise RuntimeError(f"{n} runs in one driver exited {p.returncode}:\n{p.stderr[-4000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def _med(runs: list[dict], key: str) -> float:
@@ -237,6 +273,21 @@ def render(res: dict, mach: dict, reproduce: str, runs: int) -> str:
             ratio = statistics.median(gaps) / _med(t, "time_to_first_step_s")
             L.append(f"Against torchrun's launch -> first step ({_med(t, 'time_to_first_step_s'):.1f} s): "
                      f"{ratio:.2f}x (goal <= {GOAL_NEXT}x: {ok(ratio <= GOAL_NEXT)}).")
+        L.append("")
+    if res.get("in_driver"):
+        s, t = res["in_driver"], res.get("warm", {}).get("digits_mlp", {}).get("torchrun")
+        gaps = [r["time_to_first_step_s"] for r in s[1:]]  # the first run's gap holds connecting to the head
+        every = ", ".join(f"{r['time_to_first_step_s']:.1f}" for r in s)
+        L.append(f"**Repeated short runs in one driver** ({len(s)} 1-epoch digits_mlp runs, `raydl.launch.train` called "
+                 f"back to back in one Ray session on the warm head, as `raydl continual` runs its experiences): "
+                 f"previous run's return -> next first step, s: {every} "
+                 f"(the first from just before it, connecting included); median of runs 2-{len(s)} "
+                 f"{statistics.median(gaps):.1f}; end of run (last step -> return) median {_med(s[1:], 'end_s'):.2f} s; "
+                 f"load {_loads(s)}.")
+        if t:
+            ratio = statistics.median(gaps) / _med(t, "time_to_first_step_s")
+            L.append(f"Against torchrun's launch -> first step: {ratio:.2f}x (goal <= {GOAL_NEXT}x: "
+                     f"{judge(s + t)(ratio <= GOAL_NEXT)}).")
         L.append("")
     return "\n".join(L)
 
