@@ -117,6 +117,9 @@ class Streamed:
         shuffle = spec.training.shuffle
         parts = self.source.split_datasets(self.stats, d.seed, fractions(d), shuffle and "train" not in cached)
         for name in cached:
+            # Stored in file order, not in the order the reads finish (Ray Data's default): the seeded
+            # block order below is then a function of the seed alone.
+            parts[name].context.execution_options.preserve_order = True  # this dataset's own context
             parts[name] = parts[name].materialize()
         if "train" in cached and shuffle:
             from ray.data import RandomSeedConfig
