@@ -276,13 +276,14 @@ def render(res: dict, mach: dict, reproduce: str, runs: int) -> str:
         L.append("")
     if res.get("in_driver"):
         s, t = res["in_driver"], res.get("warm", {}).get("digits_mlp", {}).get("torchrun")
-        gaps = [r["time_to_first_step_s"] for r in s[1:]]  # the first run's gap holds connecting to the head
+        later = s[1:] or s  # the first run's gap holds connecting to the head (kept when it is the only one)
+        gaps = [r["time_to_first_step_s"] for r in later]
         every = ", ".join(f"{r['time_to_first_step_s']:.1f}" for r in s)
         L.append(f"**Repeated short runs in one driver** ({len(s)} 1-epoch digits_mlp runs, `raydl.launch.train` called "
                  f"back to back in one Ray session on the warm head, as `raydl continual` runs its experiences): "
                  f"previous run's return -> next first step, s: {every} "
                  f"(the first from just before it, connecting included); median of runs 2-{len(s)} "
-                 f"{statistics.median(gaps):.1f}; end of run (last step -> return) median {_med(s[1:], 'end_s'):.2f} s; "
+                 f"{statistics.median(gaps):.1f}; end of run (last step -> return) median {_med(later, 'end_s'):.2f} s; "
                  f"load {_loads(s)}.")
         if t:
             ratio = statistics.median(gaps) / _med(t, "time_to_first_step_s")
