@@ -46,6 +46,7 @@ def test_train_json_then_predict_evaluate_and_drift_check(tmp_path):
     assert {p.name for p in mdir.iterdir()} >= {"weights.pt", "spec.yaml", "preprocessing.json", "metrics.json", "manifest.json", "profile.json"}
     m = payload["metrics"]
     assert m["test_accuracy"] > 0.9 and m["samples_per_sec"] > 0 and m["time_to_first_step_s"] > 0
+    assert m["warm_workers"] == 2  # the embedded Ray started the run's processes with Ray itself (raydl.warm)
     manifest = json.loads((mdir / "manifest.json").read_text())
     assert manifest["packages"]["ray"] == "2.60.0" and len(manifest["dataset_fingerprint"]) == 16
 

@@ -11,6 +11,7 @@ removes only the temp dir `up` made.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,9 +26,11 @@ from pathlib import Path
 
 from raydl.errors import ResourceError
 
-# Ray system settings for a Ray that raydl starts itself (embedded, or `up`): Ray imports
-# raydl.gc_thresholds in every Python worker before it runs anything (see there).
-SYSTEM_CONFIG = {"preload_python_modules": ["raydl.gc_thresholds"]}
+log = logging.getLogger("raydl")
+
+# Ray system settings for a Ray that raydl starts itself (embedded, or `up`): Ray imports these
+# modules in every Python worker before it runs anything (see there).
+SYSTEM_CONFIG = {"preload_python_modules": ["raydl.gc_thresholds", "raydl.warm"]}
 
 
 def home() -> Path:
@@ -168,7 +171,7 @@ def up(num_cpus: int | None = None) -> LocalHead:
     if head is not None:
         return head
     temp_dir = tempfile.mkdtemp(prefix=f"raydl-{os.getuid()}-", dir="/tmp")  # new, ours; short: Unix socket paths are limited
-    port, agent, metrics = free_ports(3)
+    port, agent, metrics, raylet = free_ports(4)
     # One logical CPU beyond the cores: Ray Data's file listing needs one while the training
     # workers hold theirs (see raydl.session.STREAM_CPUS); it shares the cores with them.
     cpus = num_cpus or (os.cpu_count() or 1) + 1
@@ -176,7 +179,7 @@ def up(num_cpus: int | None = None) -> LocalHead:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
     cmd = [ray_bin, "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}", f"--num-cpus={cpus}",
            "--include-dashboard=false", "--disable-usage-stats", f"--system-config={json.dumps(SYSTEM_CONFIG)}",
-           f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}"]
+           f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}", f"--node-manager-port={raylet}"]
     # In a session of its own, so the head's daemons (which outlive `ray start`) carry its pid as their session id.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
@@ -196,7 +199,25 @@ def up(num_cpus: int | None = None) -> LocalHead:
     tmp = state_file().with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(head)))
     os.replace(tmp, state_file())
+    _warm(head.address.rpartition(":")[0], raylet)
     return head
+
+
+WARM_WORKERS = 2  # raydl's default scaling.num_workers
+
+
+def _warm(host: str, raylet: int) -> None:
+    """The first run's processes, started now and kept warm (`raydl.warm`), as a client of this head
+    (`raydl train` on this machine) would ask for them."""
+    from raydl.session import client_env
+
+    client_env(to_cluster=True, local=True)
+    from raydl import warm
+
+    try:
+        warm.raylet(f"{host}:{raylet}", WARM_WORKERS)
+    except Exception as e:  # the head runs; its first run starts its own processes
+        log.warning("raydl: could not start warm worker processes (%s)", str(e).splitlines()[0])
 
 
 def down() -> bool:

@@ -150,7 +150,10 @@ def run_dir(spec: JobSpec) -> RunDir:
 
 
 def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
-          on_epoch: Callable[[dict], None] | None = None, launch_ts: float | None = None) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, launch_ts: float | None = None,
+          warm_next: bool | None = None) -> TrainResult:
+    """One training run. `warm_next`: start the next run's processes as this one ends (`raydl.warm`);
+    by default when the Ray outlives this run (a running cluster, or a session the caller holds)."""
     launch_ts = launch_ts or float(os.environ.get("RAYDL_LAUNCH_TS") or time.time())
     # Checked before anything is read or written:
     check_storage(spec.run.storage_path)
@@ -169,11 +172,15 @@ def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
         rdir.write_text("spec.yaml", spec_to_yaml(spec))
 
         streams = isinstance(prepared, Streamed)
-        with ray_session(address, embedded_cpus(spec, streams)):
+        with ray_session(address, embedded_cpus(spec, streams), warm=spec.scaling.num_workers) as ray_ends:
             check_resources(spec, streams)
             if streams:
                 prepared = with_stats(spec, prepared)
             result = _fit(spec, prepared, manifest(spec, prepared.fingerprint), rdir, launch_ts, on_epoch, start_from)
+            if (not ray_ends) if warm_next is None else warm_next:  # its model is written: the next run's processes start
+                from raydl import warm
+
+                warm.prestart(spec.scaling.num_workers)
         if start_from is not None:
             prune_unrecorded(spec, rdir, start_from)
     return result
@@ -307,6 +314,7 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from raydl import warm
     from raydl.loop import WorkerConfig, train_loop_per_worker
     from raydl.sharding import ingest_config
 
@@ -325,7 +333,7 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
             failure_config=FailureConfig(max_failures=spec.checkpoint.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep_last),
             callbacks=list(callbacks),
-            worker_runtime_env={"env_vars": worker_env} if worker_env else None,
+            worker_runtime_env={"env_vars": warm.worker_env(worker_env)},
         ),
         datasets=data.datasets,
         dataset_config=ingest_config() if data.datasets is not None else None,
@@ -389,6 +397,7 @@ def _finish(spec: JobSpec, prepared: Prepared | Streamed, man: dict, rdir: RunDi
     final["time_per_step_s"] = float(np.median([h["time_per_step_s"] for h in eff]))
     final["time_to_first_step_s"] = next((h["time_to_first_step_s"] for h in state.history if math.isfinite(h["time_to_first_step_s"])), None)
     final["time_to_last_step_s"] = state.history[-1].get("time_to_last_step_s")  # the end of run is measured from here
+    final["warm_workers"] = state.history[-1].get("warm_workers", 0)  # the workers of the last epoch
     final["peak_memory_mb"] = max(h["peak_memory_mb"] for h in state.history)
 
     def write(d: Path) -> None:

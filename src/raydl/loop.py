@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from raydl import finetune
+from raydl import finetune, warm
 from raydl.batches import DataKind, batch_len, build_kind, to_device
 from raydl.data import Preprocessing
 from raydl.models import build_model
@@ -238,6 +238,7 @@ def train_loop_per_worker(config: dict) -> None:
     t, ck = spec.training, spec.checkpoint
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    warm.use_ray_threads()
     torch.manual_seed(t.seed)
     np.random.seed(t.seed)
     device = ray.train.torch.get_device()
@@ -337,7 +338,8 @@ def train_loop_per_worker(config: dict) -> None:
         last_step_s = time.time() - cfg.launch_ts
         scheduler.step()
 
-        train_sums = _all_reduce(np.array([local_loss.item(), local_n, steps]))
+        # The last: how many workers run in a process started ahead of the run (raydl.warm).
+        train_sums = _all_reduce(np.array([local_loss.item(), local_n, steps, warm.prestarted]))
         # The bare module, not the DDP wrapper: ranks may hold different numbers of validation
         # batches, and DDP's forward would broadcast BatchNorm buffers (a collective) on each.
         val = _all_reduce(evaluate_batches(model, shards.eval("val"), task, kind, device, autocast))
@@ -352,6 +354,7 @@ def train_loop_per_worker(config: dict) -> None:
             "epoch_time_s": time.perf_counter() - t0,
             "time_to_first_step_s": first_step_s if first_step_s is not None else float("nan"),
             "time_to_last_step_s": last_step_s,
+            "warm_workers": int(train_sums[3]),
             "peak_memory_mb": float(peak),
         }
         if state.status == "running" and not math.isfinite(metrics["train_loss"]):

@@ -21,9 +21,12 @@ from raydl.spec import JobSpec
 log = logging.getLogger("raydl")
 
 
-def connect(address: str | None, num_cpus: int | None = None) -> bool:
+def connect(address: str | None, num_cpus: int | None = None, warm: int = 0) -> str | None:
     """Connect to `address` (or RAY_ADDRESS, or `raydl cluster up`'s head), else start an embedded
-    local Ray. True if we started it. The caller has checked the address (`check_address`)."""
+    local Ray: "connected" or "embedded", or None when this process was connected already. The
+    caller has checked the address (`check_address`).
+    `warm`: the embedded Ray starts warm processes for a run with that many Train workers
+    (`raydl.warm`) instead of Ray's generic first workers."""
     from raydl import cluster
 
     local = not (address or os.environ.get("RAY_ADDRESS"))  # embedded, or `raydl cluster up`'s head
@@ -34,19 +37,11 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         if head is not None:
             address = head.address
             log.warning("raydl: using the local cluster at %s (raydl cluster down to stop it)", address)
-    # `ray start` turns token authentication on by default; a client on the same machine finds the
-    # token in ~/.ray/auth_token once told to use one. Ray reads this when it is first imported.
-    if address and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # notices the end of a run sooner (default 2 s)
-    if local:
-        # One machine has no node to be preempted; the watcher is one more idle actor process to
-        # start and to run beside the workers (each idle Ray process took ~0.7 % of a core here).
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    client_env(bool(address), local)
     import ray
 
     if ray.is_initialized():
-        return False
+        return None
     # Worker output (Ray Train's per-report INFO lines, Ray Data plans) is kept in Ray's log files;
     # raydl shows its own progress. RAYDL_VERBOSE=1 forwards it all to this terminal.
     verbose = os.environ.get("RAYDL_VERBOSE") == "1"
@@ -57,13 +52,32 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         except ConnectionError as e:
             raise ResourceError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}; is it running (ray status --address {address})?") from None
     else:
-        ray.init(include_dashboard=False, num_cpus=num_cpus, _system_config=cluster.SYSTEM_CONFIG, **kwargs)
+        config = {**cluster.SYSTEM_CONFIG, "prestart_worker_first_driver": not warm}
+        ray.init(include_dashboard=False, num_cpus=num_cpus, _system_config=config, **kwargs)
+        if warm:
+            from raydl import warm as warm_processes
+
+            warm_processes.prestart(warm)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
     if not verbose:  # Ray Data's execution plans and timings (it sets up its loggers when imported)
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-    return True
+    return "connected" if address else "embedded"
+
+
+def client_env(to_cluster: bool, local: bool) -> None:
+    """This process's settings for Ray and Ray Train (Ray reads them when it is first imported, Ray
+    Train hands its own on to its processes: `raydl.warm` builds the same environments from them)."""
+    # `ray start` turns token authentication on by default; a client on the same machine finds the
+    # token in ~/.ray/auth_token once told to use one.
+    if to_cluster and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # notices the end of a run sooner (default 2 s)
+    if local:
+        # One machine has no node to be preempted; the watcher is one more idle actor process to
+        # start and to run beside the workers (each idle Ray process took ~0.7 % of a core here).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def check_address(address: str, where: str = "--address", timeout: float = 2.0) -> None:
@@ -127,16 +141,17 @@ def check_resources(spec: JobSpec, streams: bool = False) -> None:
 
 
 @contextmanager
-def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[None]:
-    """Connected to Ray inside the block (`connect`); an embedded Ray we started is shut down after."""
+def ray_session(address: str | None, num_cpus: int | None = None, warm: int = 0) -> Iterator[bool]:
+    """Connected to Ray inside the block (`connect`); the block gets whether the Ray ends with it (an
+    embedded Ray this session started, shut down after; a connection this session made is closed)."""
     term = signal.getsignal(signal.SIGTERM)
-    started = connect(address, num_cpus)
+    started = connect(address, num_cpus, warm)
     if callable(term) and threading.current_thread() is threading.main_thread():
         # ray.init puts a fatal-signal handler on SIGTERM (stack dump, then abort): keep the caller's
         # (the CLI's raises KeyboardInterrupt, so the finally below shuts Ray down).
         signal.signal(signal.SIGTERM, term)
     try:
-        yield
+        yield started == "embedded"
     finally:
         if started:
             import ray

@@ -160,7 +160,7 @@ def run_stream(spec: JobSpec, *, address: str | None = None, until: int | None =
         from raydl.launch import train
         from raydl.session import ray_session
 
-        with ray_session(address):
+        with ray_session(address, warm=spec.scaling.num_workers):  # the first experience's processes start with Ray
             for i in plan:
                 previous = done[-1]["model_dir"] if done else (spec.finetune.from_ if spec.finetune else None)
                 name = "joint" if strategy.trains_once else f"exp{i + 1}"
@@ -171,7 +171,7 @@ def run_stream(spec: JobSpec, *, address: str | None = None, until: int | None =
                 pq.write_table(rows, sink)
                 write_atomic(source, sink.getvalue())
                 exp = experience_spec(spec, stream, i, source, previous, name)
-                result = train(exp, address=address)
+                result = train(exp, address=address, warm_next=i != plan[-1])
                 mdir = Path(result.model_dir)
                 build_strategy(exp).after(stream, i, mdir, Path(previous) if previous else None)
                 entry = {"experience": i + 1, "name": name, "model_dir": str(mdir), "train_rows": rows.num_rows,
