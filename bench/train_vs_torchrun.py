@@ -12,7 +12,9 @@ raydl runs each case on each `--loaders` data path (in_memory, ray_data) and `--
 (`ray.init` inside `raydl train`) or warm (a `raydl cluster up` head, started and stopped here, with
 its own RAYDL_HOME). The sides alternate run by run (`--runs` each). Every run is a fresh process tree,
 the launch timestamp taken just before `Popen` (`RAYDL_LAUNCH_TS` / `BENCH_LAUNCH_TS`); the 1-minute
-load average is recorded at each launch.
+load average is recorded at each launch. Each side of a pair starts once the CPUs are quiet (`settle`):
+on a warm head the processes a raydl run leaves for the next one (`raydl/warm.py`) import torch in the
+seconds after it, and the torchrun side would otherwise start while they do.
 
 Per run: samples/s (median over epochs 2..N of the per-epoch global training samples/s, both sides),
 launch -> first optimizer step, end of run (last optimizer step -> process exit: final scoring, model
@@ -144,6 +146,24 @@ class WarmHead:
         shutil.rmtree(self.env["RAYDL_HOME"], ignore_errors=True)
 
 
+def _busy() -> tuple[int, int]:
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(f) - f[3] - f[4], sum(f)  # busy, all (jiffies; idle and iowait are not busy)
+
+
+def settle(quiet: float = 0.25, most: float = 30.0) -> None:
+    """Wait (at most `most` s) until the machine's CPUs are less than `quiet` busy over half a second:
+    each side of a pair starts on a quiet machine, not while the other side's processes still work
+    (a warm head's idle processes left by the last raydl run importing torch, an exiting process)."""
+    deadline = time.monotonic() + most
+    while time.monotonic() < deadline:
+        b0, a0 = _busy()
+        time.sleep(0.5)
+        b1, a1 = _busy()
+        if (b1 - b0) / max(a1 - a0, 1) < quiet:
+            return
+
+
 def measure(args, env: dict, save) -> dict:
     """{where: {case: {"torchrun": [runs], loader: [runs]}}, "short": [runs]}; sides alternate per run."""
     res: dict = {}
@@ -157,6 +177,7 @@ def measure(args, env: dict, save) -> dict:
                 got = res[where][case_name] = {s: [] for s in sides}
                 for i in range(args.runs):
                     for side in (sides if i % 2 == 0 else sides[::-1]):
+                        settle()
                         if side == "torchrun":
                             r = _run(torchrun_cmd(case), env, "BENCH_LAUNCH_TS", args.timeout)
                         else:
@@ -188,7 +209,7 @@ from raydl.spec import load_spec
 
 spec, n = sys.argv[1], int(sys.argv[2])
 out = []
-with ray_session(None):
+with ray_session(None, warm=2):  # as `raydl continual` holds its session
     t = time.time()
     for i in range(n):
         r = train(load_spec(spec, [f"run.name=bench-indriver-{i}", "training.epochs=1", "data.loader=in_memory"]),
