@@ -84,6 +84,14 @@ def test_a_warm_worker_runs_as_many_torch_threads_as_it_has_cpus(ray_local):
     assert omp == 1 and after == 1, before  # before: torch's default, this machine's cores
 
 
+def test_gpu_workers_are_not_warmed():
+    from raydl.spec import ScalingSpec
+
+    assert warm.workers_for(ScalingSpec(num_workers=3)) == 3
+    assert warm.workers_for(ScalingSpec(num_workers=3, use_gpu=True)) == 0
+    assert warm.ENV not in warm.worker_env({"A": "1"}, preload=False)
+
+
 @pytest.mark.parametrize("extra", [{}, {"WANDB_RUN_GROUP": "s"}])
 def test_the_workers_environment_is_the_callers_and_raydls_written_as_ray_merges_it(extra):
     controller, workers = warm.envs(warm.worker_env(extra))

@@ -172,15 +172,15 @@ def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
         rdir.write_text("spec.yaml", spec_to_yaml(spec))
 
         streams = isinstance(prepared, Streamed)
-        with ray_session(address, embedded_cpus(spec, streams), warm=spec.scaling.num_workers) as ray_ends:
+        from raydl import warm
+
+        with ray_session(address, embedded_cpus(spec, streams), warm=warm.workers_for(spec.scaling)) as ray_ends:
             check_resources(spec, streams)
             if streams:
                 prepared = with_stats(spec, prepared)
             result = _fit(spec, prepared, manifest(spec, prepared.fingerprint), rdir, launch_ts, on_epoch, start_from)
             if (not ray_ends) if warm_next is None else warm_next:  # its model is written: the next run's processes start
-                from raydl import warm
-
-                warm.prestart(spec.scaling.num_workers)
+                warm.prestart(warm.workers_for(spec.scaling))
         if start_from is not None:
             prune_unrecorded(spec, rdir, start_from)
     return result
@@ -333,7 +333,7 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
             failure_config=FailureConfig(max_failures=spec.checkpoint.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep_last),
             callbacks=list(callbacks),
-            worker_runtime_env={"env_vars": warm.worker_env(worker_env)},
+            worker_runtime_env={"env_vars": warm.worker_env(worker_env, preload=not sc.use_gpu)},
         ),
         datasets=data.datasets,
         dataset_config=ingest_config() if data.datasets is not None else None,

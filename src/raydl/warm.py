@@ -18,7 +18,7 @@ workers), when `raydl cluster up` has started its head, and when a run ends on a
 (a running cluster, or a series of runs in one driver such as `raydl continual`'s), for the next run.
 Where the environments differ (another Ray version, a job with a runtime environment of its own, a
 Tune trial's run) or a run's workers go to other nodes, those runs start their own processes as
-before. What a run got is in its metrics: `warm_workers`.
+before; GPU runs get no warm workers (`workers_for`). What a run got is in its metrics: `warm_workers`.
 """
 
 from __future__ import annotations
@@ -55,9 +55,16 @@ def use_ray_threads() -> None:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def workers_for(scaling) -> int:
+    """How many warm worker processes a run with these `scaling` settings gets: none for GPU workers.
+    A process that imports torch before Ray gives it its GPU (CUDA_VISIBLE_DEVICES, set when the
+    worker's task starts) could initialise CUDA with every GPU visible; not checked on a GPU yet."""
+    return 0 if scaling.use_gpu else scaling.num_workers
+
+
+def worker_env(extra: dict[str, str] | None = None, preload: bool = True) -> dict[str, str]:
     """The environment raydl gives its Ray Train workers (`RunConfig.worker_runtime_env`)."""
-    return {**(extra or {}), ENV: "1"}
+    return {**(extra or {}), ENV: "1"} if preload else dict(extra or {})
 
 
 def envs(workers_env: dict[str, str]) -> tuple[str, str]:
@@ -101,11 +108,12 @@ def raylet(address: str, workers: int, helpers: int = HELPERS) -> None:
 def prestart(workers: int) -> bool:
     """From a connected driver: warm processes for a run with `workers` workers, on this driver's
     node (where Ray Train puts its controller; a single-node cluster's workers too). False when
-    they would not match: in a Ray worker (a Tune trial) or a job with a runtime environment."""
+    they would not match (in a Ray worker, as in a Tune trial; in a job with a runtime environment)
+    or when there are no workers to warm (`workers_for`)."""
     import ray
 
     ctx = ray.get_runtime_context()
-    if ctx.worker.mode != ray.SCRIPT_MODE or ctx.get_runtime_env_string() not in ("", "{}"):
+    if workers < 1 or ctx.worker.mode != ray.SCRIPT_MODE or ctx.get_runtime_env_string() not in ("", "{}"):
         return False
     node = next(n for n in ray.nodes() if n["NodeID"] == ctx.get_node_id())
     try:

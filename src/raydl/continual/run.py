@@ -157,10 +157,11 @@ def run_stream(spec: JobSpec, *, address: str | None = None, until: int | None =
         strategy.train_rows(stream, plan[0], None)  # the strategy's own checks (a buffer's size), before Ray starts
     trained: list[int] = []
     if plan:
+        from raydl import warm
         from raydl.launch import train
         from raydl.session import ray_session
 
-        with ray_session(address, warm=spec.scaling.num_workers):  # the first experience's processes start with Ray
+        with ray_session(address, warm=warm.workers_for(spec.scaling)):  # the first experience's processes start with Ray
             for i in plan:
                 previous = done[-1]["model_dir"] if done else (spec.finetune.from_ if spec.finetune else None)
                 name = "joint" if strategy.trains_once else f"exp{i + 1}"
