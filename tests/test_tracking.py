@@ -33,13 +33,22 @@ def _on_sigint(signum, frame):
 def trained(ray_local, tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
     spec = load_spec(CONFIG, [f"run.storage_path={storage}", "run.name=wandb-readback", "training.epochs=3"])
+    earlier = _train_actors()  # an earlier test's run in this process's shared Ray may still be ending
     before = signal.signal(signal.SIGINT, _on_sigint)  # a caller's own handler, as the CLI's
     try:
         result = train(spec)
         after = signal.getsignal(signal.SIGINT)
     finally:
         signal.signal(signal.SIGINT, before)
-    return spec, storage, result, after
+    return spec, storage, result, (after, earlier)
+
+
+def _train_actors() -> dict[str, str]:
+    """The live Ray Train controllers and dataset managers of the shared Ray: actor id -> class."""
+    import ray._private.state
+
+    return {i: a["ActorClassName"] for i, a in ray._private.state.actors().items()
+            if a["State"] != "DEAD" and a["ActorClassName"] in ("TrainController", "DatasetManager")}
 
 
 @pytest.mark.slow
@@ -65,14 +74,11 @@ def test_offline_run_matches_reported_metrics(trained):
 def test_a_finished_run_leaves_no_train_actor_and_the_callers_sigint_handler(trained):
     """fit() swaps in Ray Train's SIGINT handler, whose closure holds the run's TrainController: left in
     place, it kept the finished controller and its DatasetManager alive until the next fit()."""
-    import ray._private.state
-
-    _, _, _, after = trained
+    _, _, _, (after, earlier) = trained
     assert after is _on_sigint, f"Ray Train's SIGINT handler was left in place: {after}"
     deadline, left = time.monotonic() + 30, None
     while time.monotonic() < deadline:
-        left = sorted(a["ActorClassName"] for a in ray._private.state.actors().values()
-                      if a["State"] != "DEAD" and a["ActorClassName"] in ("TrainController", "DatasetManager"))
+        left = sorted(c for i, c in _train_actors().items() if i not in earlier)  # this run's
         if not left:
             break
         time.sleep(0.5)
