@@ -203,9 +203,6 @@ def up(num_cpus: int | None = None) -> LocalHead:
     return head
 
 
-WARM_WORKERS = 2  # raydl's default scaling.num_workers
-
-
 def _warm(host: str, raylet: int) -> None:
     """The first run's processes, started now and kept warm (`raydl.warm`), as a client of this head
     (`raydl train` on this machine) would ask for them."""
@@ -213,9 +210,10 @@ def _warm(host: str, raylet: int) -> None:
 
     client_env(to_cluster=True, local=True)
     from raydl import warm
+    from raydl.spec import ScalingSpec
 
     try:
-        warm.raylet(f"{host}:{raylet}", WARM_WORKERS)
+        warm.raylet(f"{host}:{raylet}", ScalingSpec().num_workers)  # a spec's default
     except Exception as e:  # the head runs; its first run starts its own processes
         log.warning("raydl: could not start warm worker processes (%s)", str(e).splitlines()[0])
 

@@ -81,7 +81,7 @@ def envs(workers_env: dict[str, str]) -> tuple[str, str]:
 
     controller = get_env_vars_to_propagate()
     controller.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
-    workers = {**controller, **get_env_vars_to_propagate(), **workers_env}
+    workers = {**controller, **workers_env}
     return (RuntimeEnv(env_vars=controller).serialize(),
             json.dumps({"env_vars": workers}, sort_keys=True, separators=(",", ":")))
 
