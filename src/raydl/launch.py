@@ -178,7 +178,8 @@ def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
             check_resources(spec, streams)
             if streams:
                 prepared = with_stats(spec, prepared)
-            result = _fit(spec, prepared, manifest(spec, prepared.fingerprint), rdir, launch_ts, on_epoch, start_from)
+            result = _fit(spec, prepared, manifest(spec, prepared.fingerprint), rdir, launch_ts, on_epoch, start_from,
+                          early=ray_ends and not rdir.remote)
             if (not ray_ends) if warm_next is None else warm_next:  # its model is written: the next run's processes start
                 warm.prestart(warm.workers_for(spec.scaling))
         if start_from is not None:
@@ -309,7 +310,7 @@ def worker_data(spec: JobSpec, prepared: Prepared | Streamed, cache: bool = True
 
 def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData, man: dict, rdir: RunDir,
                  launch_ts: float, progress: Any = None, report_every_epoch: bool = False, callbacks: tuple = (),
-                 start_from: str | None = None, worker_env: dict[str, str] | None = None):
+                 start_from: str | None = None, worker_env: dict[str, str] | None = None, done_file: str | None = None):
     """The Ray Train `TorchTrainer` of a run: its workers, storage, failure and checkpoint policy."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -322,7 +323,7 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
     resources = worker_need(sc)
     config = WorkerConfig(spec=spec, prep=prepared.prep, loader=data.loader, run_dir=rdir.wandb_dir(spec.run.name),
                           manifest=man, launch_ts=launch_ts, scored=data.scored, splits=data.splits, progress=progress,
-                          report_every_epoch=report_every_epoch, start_from=start_from)
+                          report_every_epoch=report_every_epoch, start_from=start_from, done_file=done_file)
     storage_path, storage_filesystem = rdir.ray_storage()
     return TorchTrainer(
         train_loop_per_worker,
@@ -341,43 +342,99 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
 
 
 def _fit(spec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, launch_ts: float, on_epoch,
-         start_from: str | None = None) -> TrainResult:
+         start_from: str | None = None, early: bool = False) -> TrainResult:
+    """`early`: the Ray ends with this run, so the model is written once its last checkpoint is
+    recorded, without waiting for Ray Train's teardown (`_fit_until_recorded`)."""
+    import tempfile
+
     queue = pump = None
     if on_epoch is not None:
         from ray.util.queue import Queue
 
         queue = Queue(actor_options={"num_cpus": 0})
         pump = _progress_pump(queue, on_epoch)
+    done = Path(tempfile.mkdtemp(prefix="raydl-done-")) / "done.json" if early else None
     trainer = make_trainer(spec, prepared, worker_data(spec, prepared), man, rdir, launch_ts, progress=queue,
-                           start_from=start_from)
+                           start_from=start_from, done_file=str(done) if done else None)
     sigint = signal.getsignal(signal.SIGINT)
     try:
-        result = trainer.fit()
-        if sigint is not None and threading.current_thread() is threading.main_thread():
-            # fit() puts in Ray Train's SIGINT handler (it aborts this run's controller) and leaves it
-            # there: put the caller's back. Its closure held the finished run's TrainController, which
-            # lived on (with its DatasetManager and SplitCoordinators) until the next fit() or exit.
-            # Not when fit() raised: the CLI tells Ray Train's abort (SystemExit) by that handler.
-            signal.signal(signal.SIGINT, sigint)
+        if done is not None:
+            checkpoint = _fit_until_recorded(trainer, rdir, done)
+        else:
+            checkpoint = trainer.fit().checkpoint
+            if sigint is not None and threading.current_thread() is threading.main_thread():
+                # fit() puts in Ray Train's SIGINT handler (it aborts this run's controller) and leaves it
+                # there: put the caller's back. Its closure held the finished run's TrainController, which
+                # lived on (with its DatasetManager and SplitCoordinators) until the next fit() or exit.
+                # Not when fit() raised: the CLI tells Ray Train's abort (SystemExit) by that handler.
+                signal.signal(signal.SIGINT, sigint)
     finally:
-        if pump is not None:  # rank 0's puts are synchronous: every epoch is queued before fit() returns
+        if pump is not None:  # rank 0's puts are synchronous: every epoch is queued before it returns
             try:
                 queue.put(None)
             except Exception:  # the queue actor is gone: the pump has stopped too
                 pass
             pump.join(timeout=5)
-    return finish_run(spec, prepared, man, rdir, result, start_from)
+        if done is not None:
+            import shutil
+
+            shutil.rmtree(done.parent, ignore_errors=True)
+    return finish_run(spec, prepared, man, rdir, checkpoint, start_from)
 
 
-def finish_run(spec: JobSpec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, result,
+def _fit_until_recorded(trainer, rdir: RunDir, done: Path):
+    """`trainer.fit()` in a thread; its last checkpoint once rank 0 has returned (`done`: written after
+    W&B is closed) and Ray Train has recorded that checkpoint (so a rerun finds the run finished, and
+    `checkpoint.keep_last` has been applied), or fit()'s when it ends first. For a Ray that stops with
+    the run: Ray Train's own end (its controller's next poll, then its placement-group cleaner's stop,
+    which waits out the cleaner's 1 s check interval: 1.9 s of the 2.8 s from the last step to exit
+    here, `bench/RESULTS.md`) is then cut short by `ray.shutdown()`, which stops every process anyway.
+    In a thread, fit() puts in no SIGINT handler: Ctrl-C reaches the caller, whose session stops Ray."""
+    from ray.train import Checkpoint
+
+    out: dict = {}
+
+    def fit() -> None:
+        try:
+            out["result"] = trainer.fit()
+        except BaseException as e:  # raised in the caller's thread below
+            out["error"] = e
+
+    th = threading.Thread(target=fit, name="raydl-fit", daemon=True)  # ends when Ray is shut down
+    th.start()
+    while th.is_alive():
+        th.join(0.05)
+        last = _recorded_last(rdir, done)
+        if last is not None:
+            return Checkpoint(last["checkpoint"]) if last["checkpoint"] else None
+    if "error" in out:
+        raise out["error"]
+    return out["result"].checkpoint
+
+
+def _recorded_last(rdir: RunDir, done: Path) -> dict | None:
+    """Rank 0's `done` ({"checkpoint": its last checkpoint, or None when it reported none}) once Ray
+    Train's record has that checkpoint as its latest; None until then. The record is rewritten in
+    place: a read cut off by a write is tried again."""
+    try:
+        last = json.loads(done.read_text())
+        if last["checkpoint"] is None:  # nothing reported: the run started from a finished checkpoint of raydl's
+            return last
+        latest = json.loads(Path(rdir.join(RAY_RECORD)).read_text())["latest_checkpoint_result"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return last if latest and latest.get("checkpoint_dir_name") == Path(last["checkpoint"]).name else None
+
+
+def finish_run(spec: JobSpec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, checkpoint,
                start_from: str | None = None) -> TrainResult:
-    """From a finished `fit()`: the last checkpoint's state -> the model directory and result.json.
-    A run that started from `start_from` and had nothing left to train reported no checkpoint."""
+    """From a finished run's last `checkpoint` (a Ray Train Checkpoint): its state -> the model directory
+    and result.json. A run that started from `start_from` and had nothing left to train reported none."""
     from ray.train import Checkpoint
 
     from raydl.loop import load_checkpoint
 
-    with (result.checkpoint or Checkpoint(start_from)).as_directory() as d:
+    with (checkpoint or Checkpoint(start_from)).as_directory() as d:
         saved, state = load_checkpoint(d)
     if state.status == "diverged":
         epoch, step = state.diverged_at

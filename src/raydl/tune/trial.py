@@ -110,7 +110,7 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
     rdir.prepare(False)
     start = tune.get_checkpoint()
     if start is not None and _stopped(start.path):  # restored from a run that had ended: nothing to train
-        out = finish_run(spec, prepared, manifest, rdir, _Ended(start))
+        out = finish_run(spec, prepared, manifest, rdir, start)
         tune.report({**out.history[-1], **{k: v for k, v in out.metrics.items() if k.startswith("test_")},
                      "attempt": str(rdir.path)}, checkpoint=start)
         return
@@ -141,18 +141,11 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
         _Live.end()
         raise
     _Live.fit = _Live.controller = None
-    out = finish_run(spec, prepared, manifest, rdir, result)  # the model directory, result.json
+    out = finish_run(spec, prepared, manifest, rdir, result.checkpoint)  # the model directory, result.json
     if last is not None:  # a scheduler may stop the trial on this report: it comes after the model
         metrics, ckpt = last
         tune.report({**metrics, **{k: v for k, v in out.metrics.items() if k.startswith("test_")}},
                     checkpoint=tune.Checkpoint.from_directory(ckpt))
-
-
-class _Ended:
-    """A Train result whose checkpoint is an ended run's (what `finish_run` reads)."""
-
-    def __init__(self, checkpoint) -> None:
-        self.checkpoint = checkpoint
 
 
 def _abort(controller) -> None:

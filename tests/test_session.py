@@ -1,0 +1,92 @@
+"""How a run ends with its Ray (`raydl.session`, `raydl.launch`): an embedded Ray's processes stop, and a
+run on a Ray that stops with it is finished once its last checkpoint is recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from clusters import ray_env
+from ray import cloudpickle
+from ray.train.v2._internal.execution.callback import ControllerCallback
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # HoldShutdown runs in Ray Train's controller
+
+XOR = str(Path(__file__).resolve().parents[1] / "configs" / "xor_mlp.yaml")
+
+# The node's kill of the monitor is watched: whether the GCS and raylet were still up when it came.
+SCRIPT = """
+import json
+from ray._private import worker
+from raydl.session import ray_session
+
+seen = {}
+with ray_session(None, 1) as ends:
+    node = worker._global_node
+    procs = {t: [i.process for i in infos] for t, infos in node.all_processes.items()}
+    kill = node.kill_monitor
+
+    def watched(**kw):
+        seen["up_at_monitor_kill"] = sorted(t for t in ("gcs_server", "raylet") if procs[t][0].poll() is None)
+        kill(**kw)
+
+    node.kill_monitor = watched
+left = sorted(t for t, ps in procs.items() for p in ps if p.poll() is None)
+print(json.dumps({"ends": ends, "left": left, **seen}))
+"""
+
+
+def test_an_embedded_rays_autoscaler_monitor_is_stopped_before_the_gcs_it_reports_to(tmp_path):
+    env = ray_env(RAYDL_HOME=str(tmp_path / "home"))
+    p = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["ends"] is True  # the session started this Ray, and stopped it
+    assert out["up_at_monitor_kill"] == ["gcs_server", "raylet"]  # Ray's own order stops the monitor last
+    assert out["left"] == []  # every process the session's Ray started is gone
+
+
+class HoldShutdown(ControllerCallback):
+    """Holds Ray Train's controller in its shutdown until `release` exists (at most 60 s)."""
+
+    def __init__(self, release: str) -> None:
+        self.release = release
+
+    async def before_controller_shutdown(self) -> None:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.release) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+
+def test_a_run_is_finished_once_its_last_checkpoint_is_recorded_without_waiting_for_ray_trains_teardown(ray_local, tmp_path):
+    from raydl import launch
+    from raydl.loop import load_checkpoint
+    from raydl.model_dir import manifest
+    from raydl.spec import load_spec
+
+    spec = load_spec(XOR, [f"run.storage_path={tmp_path / 'runs'}", "tracking=none", "training.epochs=2"])
+    prepared = launch.resolve(spec)
+    rdir = launch.run_dir(spec)
+    rdir.prepare(True)
+    done, release = tmp_path / "done.json", tmp_path / "release"
+    trainer = launch.make_trainer(spec, prepared, launch.worker_data(spec, prepared), manifest(spec, prepared.fingerprint), rdir,
+                                  time.time(), callbacks=(HoldShutdown(str(release)),), done_file=str(done))
+    try:
+        last = launch._fit_until_recorded(trainer, rdir, done)
+        held = not release.exists() and any(t.name == "raydl-fit" and t.is_alive() for t in threading.enumerate())
+    finally:
+        release.touch()
+    assert held  # it came back while Ray Train's controller was still shutting down
+    record = json.loads(Path(rdir.join(launch.RAY_RECORD)).read_text())
+    assert Path(last.path).name == record["latest_checkpoint_result"]["checkpoint_dir_name"]  # a rerun finds it finished
+    assert load_checkpoint(last.path)[1].status == "finished"
+    for t in threading.enumerate():  # the held fit() ends once released
+        if t.name == "raydl-fit":
+            t.join(60)
+            assert not t.is_alive()
