@@ -1,5 +1,6 @@
-"""How a run ends with its Ray (`raydl.session`, `raydl.launch`): an embedded Ray's processes stop, and a
-run on a Ray that stops with it is finished once its last checkpoint is recorded."""
+"""How a run ends (`raydl.session`, `raydl.launch`, `raydl.trainer`): an embedded Ray's processes stop; a
+run on a Ray that stops with it is finished once its last checkpoint is recorded; a Ray without the state
+API gets no placement-group cleaner."""
 
 from __future__ import annotations
 
@@ -69,7 +70,9 @@ def test_a_run_is_finished_once_its_last_checkpoint_is_recorded_without_waiting_
     from raydl.loop import load_checkpoint
     from raydl.model_dir import manifest
     from raydl.spec import load_spec
+    from raydl.trainer import state_api_answers
 
+    cleaners = len(_cleaners())
     spec = load_spec(XOR, [f"run.storage_path={tmp_path / 'runs'}", "tracking=none", "training.epochs=2"])
     prepared = launch.resolve(spec)
     rdir = launch.run_dir(spec)
@@ -90,3 +93,14 @@ def test_a_run_is_finished_once_its_last_checkpoint_is_recorded_without_waiting_
         if t.name == "raydl-fit":
             t.join(60)
             assert not t.is_alive()
+    # The shared Ray has no dashboard, so no state API: Ray Train's placement-group cleaner, which asks
+    # it, was not started (`raydl.trainer`).
+    assert not state_api_answers()
+    assert len(_cleaners()) == cleaners
+
+
+def _cleaners() -> list[str]:
+    """Ray Train placement-group cleaners the shared Ray has started, alive or not."""
+    import ray._private.state
+
+    return [i for i, a in ray._private.state.actors().items() if a["ActorClassName"] == "PlacementGroupCleaner"]

@@ -313,11 +313,11 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
                  start_from: str | None = None, worker_env: dict[str, str] | None = None, done_file: str | None = None):
     """The Ray Train `TorchTrainer` of a run: its workers, storage, failure and checkpoint policy."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from raydl import warm
     from raydl.loop import WorkerConfig, train_loop_per_worker
     from raydl.sharding import ingest_config
+    from raydl.trainer import trainer_class
 
     sc = spec.scaling
     resources = worker_need(sc)
@@ -325,7 +325,7 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
                           manifest=man, launch_ts=launch_ts, scored=data.scored, splits=data.splits, progress=progress,
                           report_every_epoch=report_every_epoch, start_from=start_from, done_file=done_file)
     storage_path, storage_filesystem = rdir.ray_storage()
-    return TorchTrainer(
+    return trainer_class()(
         train_loop_per_worker,
         train_loop_config={"worker": config},
         scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources),
@@ -386,9 +386,9 @@ def _fit_until_recorded(trainer, rdir: RunDir, done: Path):
     """`trainer.fit()` in a thread; its last checkpoint once rank 0 has returned (`done`: written after
     W&B is closed) and Ray Train has recorded that checkpoint (so a rerun finds the run finished, and
     `checkpoint.keep_last` has been applied), or fit()'s when it ends first. For a Ray that stops with
-    the run: Ray Train's own end (its controller's next poll, then its placement-group cleaner's stop,
-    which waits out the cleaner's 1 s check interval: 1.9 s of the 2.8 s from the last step to exit
-    here, `bench/RESULTS.md`) is then cut short by `ray.shutdown()`, which stops every process anyway.
+    the run: Ray Train's own end (its controller's next poll, the stop of the worker group and of its
+    helper actors: 1.9 s of the 2.8 s from the last step to exit here, `bench/RESULTS.md`) is then cut
+    short by `ray.shutdown()`, which stops every process anyway.
     In a thread, fit() puts in no SIGINT handler: Ctrl-C reaches the caller, whose session stops Ray."""
     from ray.train import Checkpoint
 
