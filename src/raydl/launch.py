@@ -386,9 +386,9 @@ def _fit_until_recorded(trainer, rdir: RunDir, done: Path):
     """`trainer.fit()` in a thread; its last checkpoint once rank 0 has returned (`done`: written after
     W&B is closed) and Ray Train has recorded that checkpoint (so a rerun finds the run finished, and
     `checkpoint.keep_last` has been applied), or fit()'s when it ends first. For a Ray that stops with
-    the run: Ray Train's own end (its controller's next poll, the stop of the worker group and of its
-    helper actors: 1.9 s of the 2.8 s from the last step to exit here, `bench/RESULTS.md`) is then cut
-    short by `ray.shutdown()`, which stops every process anyway.
+    the run: Ray Train's own end (its controller's next poll, then the stop of its processes: 0.5-1 s
+    here, 1.9 s with its placement-group cleaner, `bench/RESULTS.md`) is then cut short by
+    `ray.shutdown()`, which stops every process anyway.
     In a thread, fit() puts in no SIGINT handler: Ctrl-C reaches the caller, whose session stops Ray."""
     from ray.train import Checkpoint
 
