@@ -1,6 +1,6 @@
 """How a run ends (`raydl.session`, `raydl.launch`, `raydl.trainer`): an embedded Ray's processes stop; a
-run on a Ray that stops with it is finished once its last checkpoint is recorded; a Ray without the state
-API gets no placement-group cleaner."""
+run's model is written once its last checkpoint is recorded, while Ray Train still ends; a Ray without
+the state API gets no placement-group cleaner."""
 
 from __future__ import annotations
 
@@ -65,9 +65,8 @@ class HoldShutdown(ControllerCallback):
             await asyncio.sleep(0.05)
 
 
-def test_a_run_is_finished_once_its_last_checkpoint_is_recorded_without_waiting_for_ray_trains_teardown(ray_local, tmp_path):
+def test_a_runs_model_is_written_once_its_last_checkpoint_is_recorded_while_ray_train_still_ends(ray_local, tmp_path):
     from raydl import launch
-    from raydl.loop import load_checkpoint
     from raydl.model_dir import manifest
     from raydl.spec import load_spec
     from raydl.trainer import state_api_answers
@@ -77,22 +76,26 @@ def test_a_run_is_finished_once_its_last_checkpoint_is_recorded_without_waiting_
     prepared = launch.resolve(spec)
     rdir = launch.run_dir(spec)
     rdir.prepare(True)
-    done, release = tmp_path / "done.json", tmp_path / "release"
-    trainer = launch.make_trainer(spec, prepared, launch.worker_data(spec, prepared), manifest(spec, prepared.fingerprint), rdir,
-                                  time.time(), callbacks=(HoldShutdown(str(release)),), done_file=str(done))
+    man, release = manifest(spec, prepared.fingerprint), tmp_path / "release"
+    trainer = launch.make_trainer(spec, prepared, launch.worker_data(spec, prepared), man, rdir, time.time(),
+                                  callbacks=(HoldShutdown(str(release)),))
+    early = launch.EarlyFinish(lambda c: launch.finish_run(spec, prepared, man, rdir, c), rdir)
+    out: dict = {}
+    fit = threading.Thread(target=lambda: out.update(result=trainer.fit()))
+    fit.start()
     try:
-        last = launch._fit_until_recorded(trainer, rdir, done)
-        held = not release.exists() and any(t.name == "raydl-fit" and t.is_alive() for t in threading.enumerate())
+        deadline = time.monotonic() + 120
+        while not Path(rdir.path, "result.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        written_while_held = Path(rdir.path, "result.json").exists() and fit.is_alive()
     finally:
         release.touch()
-    assert held  # it came back while Ray Train's controller was still shutting down
-    record = json.loads(Path(rdir.join(launch.RAY_RECORD)).read_text())
-    assert Path(last.path).name == record["latest_checkpoint_result"]["checkpoint_dir_name"]  # a rerun finds it finished
-    assert load_checkpoint(last.path)[1].status == "finished"
-    for t in threading.enumerate():  # the held fit() ends once released
-        if t.name == "raydl-fit":
-            t.join(60)
-            assert not t.is_alive()
+        fit.join(120)
+        early.stop()
+    assert written_while_held  # the model was written while Ray Train's controller was still ending
+    assert Path(early.checkpoint.path).name == Path(out["result"].checkpoint.path).name  # fit()'s own last one
+    result = early.outcome()
+    assert result.status == "finished" and (Path(result.model_dir) / "weights.pt").is_file()
     # The shared Ray has no dashboard, so no state API: Ray Train's placement-group cleaner, which asks
     # it, was not started (`raydl.trainer`).
     assert not state_api_answers()

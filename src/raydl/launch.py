@@ -178,8 +178,7 @@ def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
             check_resources(spec, streams)
             if streams:
                 prepared = with_stats(spec, prepared)
-            result = _fit(spec, prepared, manifest(spec, prepared.fingerprint), rdir, launch_ts, on_epoch, start_from,
-                          early=ray_ends and not rdir.remote)
+            result = _fit(spec, prepared, manifest(spec, prepared.fingerprint), rdir, launch_ts, on_epoch, start_from)
             if (not ray_ends) if warm_next is None else warm_next:  # its model is written: the next run's processes start
                 warm.prestart(warm.workers_for(spec.scaling))
         if start_from is not None:
@@ -310,7 +309,7 @@ def worker_data(spec: JobSpec, prepared: Prepared | Streamed, cache: bool = True
 
 def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData, man: dict, rdir: RunDir,
                  launch_ts: float, progress: Any = None, report_every_epoch: bool = False, callbacks: tuple = (),
-                 start_from: str | None = None, worker_env: dict[str, str] | None = None, done_file: str | None = None):
+                 start_from: str | None = None, worker_env: dict[str, str] | None = None):
     """The Ray Train `TorchTrainer` of a run: its workers, storage, failure and checkpoint policy."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
@@ -323,7 +322,7 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
     resources = worker_need(sc)
     config = WorkerConfig(spec=spec, prep=prepared.prep, loader=data.loader, run_dir=rdir.wandb_dir(spec.run.name),
                           manifest=man, launch_ts=launch_ts, scored=data.scored, splits=data.splits, progress=progress,
-                          report_every_epoch=report_every_epoch, start_from=start_from, done_file=done_file)
+                          report_every_epoch=report_every_epoch, start_from=start_from)
     storage_path, storage_filesystem = rdir.ray_storage()
     return trainer_class()(
         train_loop_per_worker,
@@ -342,88 +341,102 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
 
 
 def _fit(spec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, launch_ts: float, on_epoch,
-         start_from: str | None = None, early: bool = False) -> TrainResult:
-    """`early`: the Ray ends with this run, so the model is written once its last checkpoint is
-    recorded, without waiting for Ray Train's teardown (`_fit_until_recorded`)."""
-    import tempfile
-
+         start_from: str | None = None) -> TrainResult:
     queue = pump = None
     if on_epoch is not None:
         from ray.util.queue import Queue
 
         queue = Queue(actor_options={"num_cpus": 0})
         pump = _progress_pump(queue, on_epoch)
-    done = Path(tempfile.mkdtemp(prefix="raydl-done-")) / "done.json" if early else None
     trainer = make_trainer(spec, prepared, worker_data(spec, prepared), man, rdir, launch_ts, progress=queue,
-                           start_from=start_from, done_file=str(done) if done else None)
+                           start_from=start_from)
+    early = None if rdir.remote else EarlyFinish(lambda c: finish_run(spec, prepared, man, rdir, c, start_from), rdir)
     sigint = signal.getsignal(signal.SIGINT)
     try:
-        if done is not None:
-            checkpoint = _fit_until_recorded(trainer, rdir, done)
-        else:
-            checkpoint = trainer.fit().checkpoint
-            if sigint is not None and threading.current_thread() is threading.main_thread():
-                # fit() puts in Ray Train's SIGINT handler (it aborts this run's controller) and leaves it
-                # there: put the caller's back. Its closure held the finished run's TrainController, which
-                # lived on (with its DatasetManager and SplitCoordinators) until the next fit() or exit.
-                # Not when fit() raised: the CLI tells Ray Train's abort (SystemExit) by that handler.
-                signal.signal(signal.SIGINT, sigint)
+        result = trainer.fit()
+        if sigint is not None and threading.current_thread() is threading.main_thread():
+            # fit() puts in Ray Train's SIGINT handler (it aborts this run's controller) and leaves it
+            # there: put the caller's back. Its closure held the finished run's TrainController, which
+            # lived on (with its DatasetManager and SplitCoordinators) until the next fit() or exit.
+            # Not when fit() raised: the CLI tells Ray Train's abort (SystemExit) by that handler.
+            signal.signal(signal.SIGINT, sigint)
     finally:
-        if pump is not None:  # rank 0's puts are synchronous: every epoch is queued before it returns
+        if pump is not None:  # rank 0's puts are synchronous: every epoch is queued before fit() returns
             try:
                 queue.put(None)
             except Exception:  # the queue actor is gone: the pump has stopped too
                 pass
             pump.join(timeout=5)
-        if done is not None:
-            import shutil
-
-            shutil.rmtree(done.parent, ignore_errors=True)
-    return finish_run(spec, prepared, man, rdir, checkpoint, start_from)
-
-
-def _fit_until_recorded(trainer, rdir: RunDir, done: Path):
-    """`trainer.fit()` in a thread; its last checkpoint once rank 0 has returned (`done`: written after
-    W&B is closed) and Ray Train has recorded that checkpoint (so a rerun finds the run finished, and
-    `checkpoint.keep_last` has been applied), or fit()'s when it ends first. For a Ray that stops with
-    the run: Ray Train's own end (its controller's next poll, then the stop of its processes: 0.5-1 s
-    here, 1.9 s with its placement-group cleaner, `bench/RESULTS.md`) is then cut short by
-    `ray.shutdown()`, which stops every process anyway.
-    In a thread, fit() puts in no SIGINT handler: Ctrl-C reaches the caller, whose session stops Ray."""
-    from ray.train import Checkpoint
-
-    out: dict = {}
-
-    def fit() -> None:
-        try:
-            out["result"] = trainer.fit()
-        except BaseException as e:  # raised in the caller's thread below
-            out["error"] = e
-
-    th = threading.Thread(target=fit, name="raydl-fit", daemon=True)  # ends when Ray is shut down
-    th.start()
-    while th.is_alive():
-        th.join(0.05)
-        last = _recorded_last(rdir, done)
-        if last is not None:
-            return Checkpoint(last["checkpoint"]) if last["checkpoint"] else None
-    if "error" in out:
-        raise out["error"]
-    return out["result"].checkpoint
+        if early is not None:
+            early.stop()
+    if early is not None and early.checkpoint is not None and result.checkpoint is not None \
+            and Path(early.checkpoint.path).name == Path(result.checkpoint.path).name:
+        return early.outcome()  # the model directory of fit()'s own last checkpoint, written already
+    return finish_run(spec, prepared, man, rdir, result.checkpoint, start_from)
 
 
-def _recorded_last(rdir: RunDir, done: Path) -> dict | None:
-    """Rank 0's `done` ({"checkpoint": its last checkpoint, or None when it reported none}) once Ray
-    Train's record has that checkpoint as its latest; None until then. The record is rewritten in
-    place: a read cut off by a write is tried again."""
+class EarlyFinish:
+    """Writes a run's model directory from its last checkpoint as soon as Ray Train has recorded it,
+    while `fit()` is still ending. Ray Train's controller counts a worker whose poll carries a report
+    as running, so it sees the workers finished one poll (0.5 s) after the last report, and then stops
+    the run's processes. The record (read from local disk) names the latest checkpoint, whose loop
+    state says when the run has stopped; one recorded before this run started (a rerun of a stopped
+    run) is not this run's end. `stop()` waits for a model being written."""
+
+    def __init__(self, finish: Callable[[Any], TrainResult], rdir: RunDir) -> None:
+        self._finish, self._rdir = finish, rdir
+        self._before = latest_recorded(rdir)
+        self._stopped = threading.Event()
+        self.checkpoint = None  # the checkpoint it finished from
+        self._result: TrainResult | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._watch, name="raydl-early-finish", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(0.05):
+            last = recorded_last(self._rdir)
+            if last is not None and Path(last.path).name != self._before:
+                self.checkpoint = last
+                try:
+                    self._result = self._finish(last)
+                except BaseException as e:  # raised by outcome(), in the caller's thread
+                    self._error = e
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def outcome(self) -> TrainResult:
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def latest_recorded(rdir: RunDir) -> str | None:
+    """The name of the latest checkpoint in Ray Train's record of the run (local storage), or None.
+    Ray Train rewrites the record in place: a read cut off by a write reads as None."""
     try:
-        last = json.loads(done.read_text())
-        if last["checkpoint"] is None:  # nothing reported: the run started from a finished checkpoint of raydl's
-            return last
-        latest = json.loads(Path(rdir.join(RAY_RECORD)).read_text())["latest_checkpoint_result"]
+        return json.loads(Path(rdir.join(RAY_RECORD)).read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return last if latest and latest.get("checkpoint_dir_name") == Path(last["checkpoint"]).name else None
+
+
+def recorded_last(rdir: RunDir):
+    """The latest recorded checkpoint (a Ray Train Checkpoint) once its loop state says the run has
+    stopped; None until then."""
+    from ray.train import Checkpoint
+
+    from raydl.loop import LOOP_STATE_FILE
+
+    name = latest_recorded(rdir)
+    try:
+        if name is None or json.loads(Path(rdir.join(name, LOOP_STATE_FILE)).read_text())["status"] == "running":
+            return None
+    except (OSError, ValueError, KeyError):
+        return None
+    return Checkpoint(rdir.join(name))
 
 
 def finish_run(spec: JobSpec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, checkpoint,

@@ -14,7 +14,6 @@ makes, the model is called as `model(batch)`, and the task reads its target from
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import resource
@@ -73,11 +72,12 @@ class WorkerConfig:
     progress: Any = None  # a ray.util.queue.Queue for the driver's progress line, or None
     report_every_epoch: bool = False  # report metrics to Ray Train every epoch (Ray Tune trials)
     start_from: str | None = None  # a checkpoint directory to start from when the run has none of its own
-    done_file: str | None = None  # rank 0 writes its last checkpoint's path here as it returns (`launch._fit`)
 
 
 def save_checkpoint(d: str, tensors: dict, state: TrainState) -> None:
     """Write a checkpoint into directory `d`: tensors with torch.save, the loop state as JSON."""
+    import json
+
     for name, write in ((STATE_FILE, lambda f: torch.save(tensors, f)),
                         (LOOP_STATE_FILE, lambda f: f.write(json.dumps(asdict(state)).encode()))):
         tmp = os.path.join(d, name + ".tmp")
@@ -89,6 +89,7 @@ def save_checkpoint(d: str, tensors: dict, state: TrainState) -> None:
 def load_checkpoint(d: str) -> tuple[dict, TrainState]:
     """Read a checkpoint written by `save_checkpoint`. Tensors are loaded with weights_only=True, so
     a crafted pickle cannot run code; anything that is not a raydl checkpoint is refused."""
+    import json
     import pickle
 
     from raydl.errors import DataError
@@ -410,9 +411,3 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(metrics)
     if rank == 0:
         tracker.finish(best_weights, prep)
-        if cfg.done_file:  # the driver may go on from here, without waiting for Ray Train's teardown
-            last = ray.train.get_checkpoint()  # the persisted one (or the one this attempt started from)
-            tmp = f"{cfg.done_file}.tmp"
-            with open(tmp, "w") as f:
-                f.write(json.dumps({"checkpoint": last.path if last is not None else None}))
-            os.replace(tmp, cfg.done_file)
