@@ -394,8 +394,15 @@ class EarlyFinish:
         self._thread.start()
 
     def _watch(self) -> None:
-        while not self._stopped.wait(0.05):
-            last = recorded_last(self._rdir)
+        record, seen = Path(self._rdir.join(RAY_RECORD)), None
+        while not self._stopped.wait(0.1):  # a stat 10 times a second: nothing beside the workers' steps
+            try:
+                mtime = record.stat().st_mtime_ns
+            except OSError:
+                continue
+            if mtime == seen:
+                continue
+            seen, last = mtime, recorded_last(self._rdir)
             if last is not None and Path(last.path).name != self._before:
                 self.checkpoint = last
                 try:
