@@ -19,7 +19,7 @@ from clusters import REPO, Raydl, alive, descendants, kill_all, ray_env
 
 from raydl.cli import main
 from raydl.errors import RaydlError
-from raydl.launch import newest_whole_checkpoint
+from raydl.record import newest_whole_checkpoint
 from raydl.runlock import RunLock, RunLockedError, lock_path, read_holder
 from raydl.runs import RunDir
 
@@ -117,7 +117,7 @@ def train_args(storage: Path, *extra: str) -> list[str]:
 def resumable_epoch(storage: Path) -> int:
     """Epochs done in the checkpoint a rerun resumes from: Ray Train's latest registered one or, after
     a kill that cut Ray Train's record off in mid-write (a SIGKILL did in CI), the newest whole
-    checkpoint (`raydl.launch.salvage`)."""
+    checkpoint (`raydl.record.salvage`)."""
     try:
         snap = json.loads((storage / NAME / "checkpoint_manager_snapshot.json").read_text())
     except ValueError:

@@ -25,10 +25,10 @@ from raydl.batches import build_kind
 from raydl.cli import _last_checkpoint_epoch, main
 from raydl.data import prepare
 from raydl.errors import DataError
-from raydl.launch import RAY_RECORD, prune_unrecorded, salvage
 from raydl.loop import TrainState, load_checkpoint, save_checkpoint
 from raydl.model_dir import manifest, write_model_dir
 from raydl.models import build_model
+from raydl.record import RAY_RECORD, prune_unrecorded, salvage
 from raydl.runs import RunDir
 from raydl.spec import DataSpec, JobSpec
 from raydl.tasks import build_task

@@ -1,4 +1,4 @@
-"""How a run ends (`raydl.session`, `raydl.launch`, `raydl.trainer`): an embedded Ray's processes stop; a
+"""How a run ends (`raydl.session`, `raydl.record`, `raydl.trainer`): an embedded Ray's processes stop; a
 run's model is written once its last checkpoint is recorded, while Ray Train still ends; a Ray without
 the state API gets no placement-group cleaner."""
 
@@ -68,6 +68,7 @@ class HoldShutdown(ControllerCallback):
 def test_a_runs_model_is_written_once_its_last_checkpoint_is_recorded_while_ray_train_still_ends(ray_local, tmp_path):
     from raydl import launch
     from raydl.model_dir import manifest
+    from raydl.record import EarlyFinish
     from raydl.spec import load_spec
     from raydl.trainer import state_api_answers
 
@@ -79,7 +80,7 @@ def test_a_runs_model_is_written_once_its_last_checkpoint_is_recorded_while_ray_
     man, release = manifest(spec, prepared.fingerprint), tmp_path / "release"
     trainer = launch.make_trainer(spec, prepared, launch.worker_data(spec, prepared), man, rdir, time.time(),
                                   callbacks=(HoldShutdown(str(release)),))
-    early = launch.EarlyFinish(lambda c: launch.finish_run(spec, prepared, man, rdir, c), rdir)
+    early = EarlyFinish(lambda c: launch.finish_run(spec, prepared, man, rdir, c), rdir)
     out: dict = {}
     fit = threading.Thread(target=lambda: out.update(result=trainer.fit()))
     fit.start()

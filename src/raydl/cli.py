@@ -73,9 +73,9 @@ def _on_signal(signum: int, frame) -> None:
 def _last_checkpoint_epoch(rdir) -> int | None:
     """Epochs done in the checkpoint a rerun resumes from: Ray Train's latest registered checkpoint
     (its record can lag the checkpoint dirs on disk), read from the loop state raydl saves in it; or,
-    when there is no record or a kill cut it off, the newest whole checkpoint (`launch.salvage`)."""
-    from raydl.launch import RAY_RECORD, newest_whole_checkpoint
+    when there is no record or a kill cut it off, the newest whole checkpoint (`record.salvage`)."""
     from raydl.loop import LOOP_STATE_FILE
+    from raydl.record import RAY_RECORD, newest_whole_checkpoint
 
     try:
         snap = rdir.read_json(RAY_RECORD)

@@ -14,6 +14,7 @@ makes, the model is called as `model(batch)`, and the task reads its target from
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import resource
@@ -76,8 +77,6 @@ class WorkerConfig:
 
 def save_checkpoint(d: str, tensors: dict, state: TrainState) -> None:
     """Write a checkpoint into directory `d`: tensors with torch.save, the loop state as JSON."""
-    import json
-
     for name, write in ((STATE_FILE, lambda f: torch.save(tensors, f)),
                         (LOOP_STATE_FILE, lambda f: f.write(json.dumps(asdict(state)).encode()))):
         tmp = os.path.join(d, name + ".tmp")
@@ -86,10 +85,19 @@ def save_checkpoint(d: str, tensors: dict, state: TrainState) -> None:
         os.replace(tmp, os.path.join(d, name))
 
 
+def stopped(d: str) -> bool:
+    """Whether the loop state in checkpoint directory `d` says the run has ended (finished, early-stopped,
+    diverged); False while it runs or when the state cannot be read (yet)."""
+    try:
+        with open(os.path.join(d, LOOP_STATE_FILE), "rb") as f:
+            return json.loads(f.read().decode("utf-8"))["status"] != "running"
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def load_checkpoint(d: str) -> tuple[dict, TrainState]:
     """Read a checkpoint written by `save_checkpoint`. Tensors are loaded with weights_only=True, so
     a crafted pickle cannot run code; anything that is not a raydl checkpoint is refused."""
-    import json
     import pickle
 
     from raydl.errors import DataError

@@ -100,6 +100,7 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
     from ray.util.queue import Empty, Queue
 
     from raydl.launch import finish_run, make_trainer, resolve, run_dir, worker_data
+    from raydl.loop import stopped
 
     ctx = tune.get_context()
     trial_dir = trial_storage_dir(Path(experiment_dir), ctx.get_trial_id())
@@ -109,7 +110,7 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
     rdir = run_dir(spec)
     rdir.prepare(False)
     start = tune.get_checkpoint()
-    if start is not None and _stopped(start.path):  # restored from a run that had ended: nothing to train
+    if start is not None and stopped(start.path):  # restored from a run that had ended: nothing to train
         out = finish_run(spec, prepared, manifest, rdir, start)
         tune.report({**out.history[-1], **{k: v for k, v in out.metrics.items() if k.startswith("test_")},
                      "attempt": str(rdir.path)}, checkpoint=start)
@@ -132,7 +133,7 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
                     break
                 continue
             metrics["attempt"] = str(rdir.path)
-            if ckpt and _stopped(ckpt):
+            if ckpt and stopped(ckpt):
                 last = (metrics, ckpt)
                 continue
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt) if ckpt else None)
@@ -162,13 +163,3 @@ def _abort(controller) -> None:
         pass
 
 
-def _stopped(ckpt: str) -> bool:
-    """Whether the loop state in a Train checkpoint says the run has ended (finished, early-stopped)."""
-    import json
-
-    from raydl.loop import LOOP_STATE_FILE
-
-    try:
-        return json.loads((Path(ckpt) / LOOP_STATE_FILE).read_text())["status"] != "running"
-    except (OSError, ValueError, KeyError):
-        return False
