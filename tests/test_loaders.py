@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from raydl.data import prepare
 from raydl.ingest import Streamed
 from raydl.launch import resolve, train
 from raydl.loop import STATE_FILE
+from raydl.sharding import Ahead
 from raydl.spec import JobSpec
 
 
@@ -149,6 +151,50 @@ def test_loaders_agree_and_streamed_ddp_matches_one_worker(ray_local, tmp_path):
         assert h2["train_loss"] == pytest.approx(h1["train_loss"], abs=1e-5)
         assert h2["val_accuracy"] == pytest.approx(h1["val_accuracy"])
 
+
+
+def test_an_epoch_fetched_ahead_yields_its_items_and_raises_where_it_is_iterated():
+    """`sharding.Ahead`: the first item is fetched in a thread as soon as it is made, the items come
+    in order, an error in the fetch is raised to whoever iterates, and `close` ends the iterator."""
+    fetched, closed = threading.Event(), []
+
+    def items():
+        fetched.set()
+        try:
+            yield from (1, 2, 3)
+        finally:
+            closed.append(True)
+
+    assert list(Ahead("k", items())) == [1, 2, 3] and fetched.is_set()
+    closed.clear()
+    ahead = Ahead("k", items())
+    ahead.close()
+    assert closed == [True]
+
+    def broken():
+        raise ValueError("no such file")
+        yield
+
+    with pytest.raises(ValueError, match="no such file"):
+        list(Ahead("k", broken()))
+
+
+def test_a_streamed_run_that_stops_early_is_not_held_by_the_epoch_fetched_ahead(ray_local, tmp_path):
+    """Each streamed epoch is fetched while the one before it validates. A run that stops early has
+    fetched an epoch it never trains; the final scoring and EWC's Fisher pass over the train split
+    (which starts the split anew, on every rank) still run. (Streamed with shuffling, which rank
+    gets which rows is Ray Data's choice, so the Fisher is not compared with another run's.)"""
+    storage = str(tmp_path / "runs")
+    src = _write_blobs(tmp_path / "blobs", 600, 4)
+    s = _spec(storage, "early", src, "ray_data", 2, 32).model_dump()
+    s["training"].update(shuffle=True, epochs=6, early_stopping={"metric": "val_loss", "patience": 1, "min_delta": 100.0})
+    stopped = train(JobSpec.model_validate({**s, "continual": {"strategy": "ewc"}}))
+    assert (stopped.metrics["status"], stopped.metrics["epochs_run"]) == ("early_stopped", 2)
+    assert stopped.metrics["test_accuracy"] > 0.5  # three classes, scored after the stop
+    extras = torch.load(sorted(Path(storage, "early").glob("checkpoint_*/"))[-1] / STATE_FILE, map_location="cpu",
+                        weights_only=True)["extras"]
+    assert extras and all(k.startswith("ewc.fisher.") for k in extras)
+    assert all(torch.isfinite(v).all() and float(v.sum()) > 0 for v in extras.values())
 
 # ---- the driver's memory ----------------------------------------------------------------------
 

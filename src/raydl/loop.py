@@ -302,7 +302,8 @@ def train_loop_per_worker(config: dict) -> None:
         t0, steps, local_n, micro = time.perf_counter(), 0, 0, 0
         # The loss summed on the device (float64, as Python's float would): no sync per step on a GPU.
         local_loss = torch.zeros((), dtype=torch.float64, device=device)
-        for i, cols in enumerate(shards.train(epoch, t.batch_size)):
+        following = epoch + 1 if epoch + 1 < t.epochs else None  # a streamed epoch is fetched while the one before validates
+        for i, cols in enumerate(shards.train(epoch, t.batch_size, following)):
             batch = to_device(kind.collate(cols), device)
             n = batch_len(batch)
             micro += 1
@@ -417,5 +418,6 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
             else:
                 ray.train.report(metrics)
+    shards.close()
     if rank == 0:
         tracker.finish(best_weights, prep)
