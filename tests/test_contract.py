@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -314,3 +317,46 @@ def test_inference_latency_times_up_to_its_repeats_within_a_budget(logreg_dir):
     out = inference_latency(m, cols, repeats=20, budget_s=0.05)  # 20 ms a call: the warm-up, then 3 timed calls
     assert calls == [1] * 4 + [256] * 4
     assert out["latency_ms_per_sample_batch1"] >= 20 and out["latency_ms_per_sample_batch256"] >= 20 / 256
+
+
+CHECK_ON_CPU = textwrap.dedent("""
+    import sys
+    import torch
+    from torch import nn
+    from raydl import launch
+    from raydl.models import register_model
+    from raydl.spec import Section, spec_from_dict
+
+    class NoParams(Section):
+        pass
+
+    class Picky(nn.Module):  # takes 63 features: the data has 64
+        def __init__(self, n):
+            super().__init__()
+            self.lin = nn.Linear(63, n)
+
+        def forward(self, batch):
+            return self.lin(batch["x"])
+
+    register_model("picky", NoParams)(lambda p, kind, n: Picky(n))
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    launch.resolve(spec_from_dict({"data": {"source": "digits"}, "model": {"name": "mlp", "hidden": [16]}, "tracking": "none"}))
+    print("dynamo imported:", "torch._dynamo" in sys.modules, "generator untouched:", torch.equal(state, torch.get_rng_state()))
+    try:
+        launch.resolve(spec_from_dict({"data": {"source": "digits"}, "model": {"name": "picky"}, "tracking": "none"}))
+    except Exception as e:
+        print(type(e).__name__, e)
+""")
+
+
+def test_a_small_models_forward_check_runs_on_the_cpu_and_still_names_the_problem():
+    """`launch.check_components` runs the model on two rows before Ray starts. A small model runs
+    on the CPU: on the meta device torch's decompositions import torch._dynamo and sympy (0.8-0.9 s
+    of every `raydl train`). The check draws nothing from the caller's random generator, and a
+    model that cannot take the data still fails with one line."""
+    out = subprocess.run([sys.executable, "-c", CHECK_ON_CPU], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "dynamo imported: False generator untouched: True"
+    assert re.match(r"SpecError model: picky cannot run on this data \(inputs of shape \(64,\)\): mat1 and mat2 shapes", lines[1])
