@@ -72,7 +72,7 @@ def test_a_runs_model_is_written_once_its_last_checkpoint_is_recorded_while_ray_
     from raydl.spec import load_spec
     from raydl.trainer import state_api_answers
 
-    cleaners = len(_cleaners())
+    cleaners, managers = len(_actors("PlacementGroupCleaner")), len(_actors("DatasetManager"))
     spec = load_spec(XOR, [f"run.storage_path={tmp_path / 'runs'}", "tracking=none", "training.epochs=2"])
     prepared = launch.resolve(spec)
     rdir = launch.run_dir(spec)
@@ -98,13 +98,14 @@ def test_a_runs_model_is_written_once_its_last_checkpoint_is_recorded_while_ray_
     result = early.outcome()
     assert result.status == "finished" and (Path(result.model_dir) / "weights.pt").is_file()
     # The shared Ray has no dashboard, so no state API: Ray Train's placement-group cleaner, which asks
-    # it, was not started (`raydl.trainer`).
+    # it, was not started (`raydl.trainer`); nor, for a run without Ray Data datasets, its dataset manager.
     assert not state_api_answers()
-    assert len(_cleaners()) == cleaners
+    assert len(_actors("PlacementGroupCleaner")) == cleaners
+    assert len(_actors("DatasetManager")) == managers
 
 
-def _cleaners() -> list[str]:
-    """Ray Train placement-group cleaners the shared Ray has started, alive or not."""
+def _actors(cls: str) -> list[str]:
+    """Actors of class `cls` the shared Ray has started, alive or not."""
     import ray._private.state
 
-    return [i for i, a in ray._private.state.actors().items() if a["ActorClassName"] == "PlacementGroupCleaner"]
+    return [i for i, a in ray._private.state.actors().items() if a["ActorClassName"] == cls]

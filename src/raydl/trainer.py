@@ -11,17 +11,31 @@ for the cleaner's thread to finish its retried query), on 2 cores (`bench/RESULT
 no switch for it, so raydl overrides the private method that lists Ray Train's default callbacks; a Ray
 that renames it starts the cleaner again, and `tests/test_session.py` fails. The fix belongs in Ray:
 start no cleaner when the state API does not answer, and wake the cleaner's thread when it is stopped.
+
+A run without Ray Data datasets (raydl's in-memory path) also leaves out Ray Train's datasets
+callback, which starts a `DatasetManager` actor for every run, datasets or not: one more process,
+started while the run starts (a worker's `dataset_shard_provider` is optional in Ray Train).
 """
 
 from __future__ import annotations
 
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
 
-class TrainerWithoutCleaner(TorchTrainer):
+class Trainer(TorchTrainer):
+    """`TorchTrainer` less the default callbacks this run cannot use."""
+
+    cleaner = True  # False where the state API does not answer
+
     def _create_default_callbacks(self):
-        return [c for c in super()._create_default_callbacks() if not isinstance(c, PlacementGroupCleanerCallback)]
+        unused = (() if self.cleaner else (PlacementGroupCleanerCallback,)) + (() if self.datasets else (DatasetsCallback,))
+        return [c for c in super()._create_default_callbacks() if not isinstance(c, unused)]
+
+
+class TrainerWithoutCleaner(Trainer):
+    cleaner = False
 
 
 def state_api_answers() -> bool:
@@ -41,5 +55,5 @@ def state_api_answers() -> bool:
     return True
 
 
-def trainer_class() -> type[TorchTrainer]:
-    return TorchTrainer if state_api_answers() else TrainerWithoutCleaner
+def trainer_class() -> type[Trainer]:
+    return Trainer if state_api_answers() else TrainerWithoutCleaner
