@@ -316,6 +316,7 @@ def test_missing_local_data(no_token, capfd, tmp_path):
 
 def test_token_path_unreadable(monkeypatch, tmp_path):
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "nope"))
     with pytest.raises(jobs.AuthError, match="RAY_AUTH_TOKEN_PATH=.*cannot read the token file"):
         jobs.find_token()

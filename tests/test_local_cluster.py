@@ -45,7 +45,7 @@ def test_train_reuses_the_local_head(tmp_path):
         assert f"using the local cluster at {head.address}" in out.stderr
         result = json.loads(out.stdout)
         assert result["metrics"]["epochs_run"] == 40
-        assert result["metrics"]["warm_workers"] == 2  # in the processes `up` started (raydl.warm)
+        assert result["metrics"]["warm_workers"] >= 1  # in the processes `up` started (raydl.warm; see tests/test_cli.py)
         assert_meets_bar("xor_mlp.yaml", result["metrics"], result["model_dir"])
         assert cluster.running() is not None  # the head outlives the run
     finally:
