@@ -342,6 +342,7 @@ CHECK_ON_CPU = textwrap.dedent("""
     torch.manual_seed(0)
     state = torch.get_rng_state()
     launch.resolve(spec_from_dict({"data": {"source": "digits"}, "model": {"name": "mlp", "hidden": [16]}, "tracking": "none"}))
+    launch.resolve(spec_from_dict({"data": {"source": "digits_images"}, "model": {"name": "cnn", "init": "he"}, "tracking": "none"}))
     print("dynamo imported:", "torch._dynamo" in sys.modules, "generator untouched:", torch.equal(state, torch.get_rng_state()))
     try:
         launch.resolve(spec_from_dict({"data": {"source": "digits"}, "model": {"name": "picky"}, "tracking": "none"}))
@@ -353,8 +354,9 @@ CHECK_ON_CPU = textwrap.dedent("""
 def test_a_small_models_forward_check_runs_on_the_cpu_and_still_names_the_problem():
     """`launch.check_components` runs the model on two rows before Ray starts. A small model runs
     on the CPU: on the meta device torch's decompositions import torch._dynamo and sympy (0.8-0.9 s
-    of every `raydl train`). The check draws nothing from the caller's random generator, and a
-    model that cannot take the data still fails with one line."""
+    of every `raydl train`), as `normal_` does when the model's size is counted there (a CNN's
+    kaiming_normal_). The check draws nothing from the caller's random generator, and a model that
+    cannot take the data still fails with one line."""
     out = subprocess.run([sys.executable, "-c", CHECK_ON_CPU], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
