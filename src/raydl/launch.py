@@ -321,10 +321,8 @@ def _fit(spec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, launch_ts
             pump.join(timeout=5)
         if early is not None:
             early.stop()
-    if early is not None and early.checkpoint is not None and result.checkpoint is not None \
-            and Path(early.checkpoint.path).name == Path(result.checkpoint.path).name:
-        return early.outcome()  # the model directory of fit()'s own last checkpoint, written already
-    return finish_run(spec, prepared, man, rdir, result.checkpoint, start_from)
+    written = early.finished_from(result.checkpoint) if early is not None else None
+    return written if written is not None else finish_run(spec, prepared, man, rdir, result.checkpoint, start_from)
 
 
 def finish_run(spec: JobSpec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, checkpoint,

@@ -137,6 +137,13 @@ class EarlyFinish:
             raise self._error
         return self._result
 
+    def finished_from(self, checkpoint) -> TrainResult | None:
+        """The run written from `checkpoint` (fit()'s last), when that is the one this finished from;
+        else None, and the caller writes it."""
+        if self.checkpoint is None or checkpoint is None or Path(self.checkpoint.path).name != Path(checkpoint.path).name:
+            return None
+        return self.outcome()
+
 
 def latest_recorded(rdir: RunDir) -> str | None:
     """The name of the latest checkpoint in Ray Train's record of the run (local storage), or None.
