@@ -1,6 +1,7 @@
 """How a run ends (`raydl.session`, `raydl.record`, `raydl.trainer`): an embedded Ray's processes stop; a
 run's model is written once its last checkpoint is recorded, while Ray Train still ends; a Ray without
-the state API gets no placement-group cleaner."""
+the state API gets no placement-group cleaner; a run without Ray Data datasets no dataset manager and no
+request to Ray Data's autoscaling coordinator."""
 
 from __future__ import annotations
 
@@ -65,6 +66,25 @@ class HoldShutdown(ControllerCallback):
             await asyncio.sleep(0.05)
 
 
+class AskCoordinator(ControllerCallback):
+    """Once the controller has started (after Ray Train's scaling policy, the first of its callbacks),
+    writes to `out` what Ray Data's autoscaling coordinator holds for this run, or that there is none."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def after_controller_start(self, train_run_context) -> None:
+        import ray
+
+        try:
+            coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+        except ValueError:
+            held = "no coordinator"
+        else:
+            held = repr(ray.get(coordinator.get_reserved_resources.remote(f"train-{train_run_context.run_id}")))
+        Path(self.out).write_text(held)
+
+
 def test_a_runs_model_is_written_once_its_last_checkpoint_is_recorded_while_ray_train_still_ends(ray_local, tmp_path):
     from raydl import launch
     from raydl.model_dir import manifest
@@ -77,9 +97,9 @@ def test_a_runs_model_is_written_once_its_last_checkpoint_is_recorded_while_ray_
     prepared = launch.resolve(spec)
     rdir = launch.run_dir(spec)
     rdir.prepare(True)
-    man, release = manifest(spec, prepared.fingerprint), tmp_path / "release"
+    man, release, held = manifest(spec, prepared.fingerprint), tmp_path / "release", tmp_path / "held"
     trainer = launch.make_trainer(spec, prepared, launch.worker_data(spec, prepared), man, rdir, time.time(),
-                                  callbacks=(HoldShutdown(str(release)),))
+                                  callbacks=(HoldShutdown(str(release)), AskCoordinator(str(held))))
     early = EarlyFinish(lambda c: launch.finish_run(spec, prepared, man, rdir, c), rdir)
     out: dict = {}
     fit = threading.Thread(target=lambda: out.update(result=trainer.fit()))
@@ -102,6 +122,8 @@ def test_a_runs_model_is_written_once_its_last_checkpoint_is_recorded_while_ray_
     assert not state_api_answers()
     assert len(_actors("PlacementGroupCleaner")) == cleaners
     assert len(_actors("DatasetManager")) == managers
+    # Nor did the run ask Ray Data's autoscaling coordinator for its workers' resources.
+    assert held.read_text() in ("no coordinator", "{}")
 
 
 def _actors(cls: str) -> list[str]:
