@@ -118,6 +118,13 @@ def test_optuna_is_reproducible_for_a_seed(tmp_path, ray_local):
     print(runs[0].to_string())
     pd.testing.assert_frame_equal(runs[0], runs[1])
     assert runs[0]["optimizer.lr"].nunique() == 2
+    # Each trial, as its run ends, has Ray start processes in its own runtime environment (Tune's) for
+    # the next one (`raydl.warm.prestart_next_trial`): the four trials ran one after the other, and the
+    # later ones' workers ran in such processes (under the suite's load Ray may start a new one for a
+    # worker whose warm process is still importing, so not every one of them is required to).
+    warm = [json.loads(f.read_text().splitlines()[-1])["warm_workers"]  # Tune's: a line per report
+            for name in ("optuna-a", "optuna-b") for f in (tmp_path / "runs" / name / "tune").glob("*/result.json")]
+    assert len(warm) == 4 and sum(warm) >= 1
 
 
 def test_one_trial_larger_than_the_cluster(tmp_path, ray_local):

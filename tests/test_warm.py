@@ -98,3 +98,11 @@ def test_the_workers_environment_is_the_callers_and_raydls_written_as_ray_merges
     c, w = json.loads(controller)["env_vars"], json.loads(workers)["env_vars"]
     assert w == {**c, **extra, warm.ENV: "1"} and warm.ENV not in c
     assert " " not in workers and list(w) == sorted(w)  # compact, sorted: a different string is a different environment
+
+
+def test_a_tune_trials_processes_get_its_environment_merged_in_as_ray_writes_it():
+    parent = {"PL_DISABLE_FORK": "1"}  # what Tune puts into a trial's runtime environment
+    controller, workers = warm.envs(warm.worker_env({"WANDB_RUN_GROUP": "s"}), parent)
+    c, w = json.loads(controller)["env_vars"], json.loads(workers)["env_vars"]
+    assert c["PL_DISABLE_FORK"] == "1" and w == {**c, "WANDB_RUN_GROUP": "s", warm.ENV: "1"}
+    assert " " not in controller and list(c) == sorted(c)  # merged with the trial's: written compactly too

@@ -16,9 +16,14 @@ those processes before a run asks for them:
 raydl calls `prestart` when it starts an embedded Ray for a run (in place of Ray's two generic first
 workers), when `raydl cluster up` has started its head, and when a run ends on a Ray that outlives it
 (a running cluster, or a series of runs in one driver such as `raydl continual`'s), for the next run.
-Where the environments differ (another Ray version, a job with a runtime environment of its own, a
-Tune trial's run) or a run's workers go to other nodes, those runs start their own processes as
-before; GPU runs get no warm workers (`workers_for`). What a run got is in its metrics: `warm_workers`.
+A Tune trial runs in an actor with a runtime environment of its own (Tune's variables), which its
+report queue, the task that runs `fit()` and Ray Train's processes inherit: as its training ends, a
+trial asks for its successor's processes in those environments (`prestart_next_trial`). Imports are
+not done ahead there: importing Tune, raydl and Ray Train's controller in those processes ahead made
+the next trial start later, not sooner (the same two cores, `bench/RESULTS.md`).
+Where the environments differ (another Ray version, a job with a runtime environment of its own) or
+a run's workers go to other nodes, those runs start their own processes as before; GPU runs get no
+warm workers (`workers_for`). What a run got is in its metrics: `warm_workers`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import os
 
 ENV = "RAYDL_WARM_WORKER"  # in the runtime environment of raydl's Ray Train workers
 HELPERS = 2  # processes Ray Train starts beside the workers: its controller and synchronization actor
+TRIAL_PROCESSES = 3  # a Tune trial's own: its actor, its report queue, the task that runs fit()
 KEEP_ALIVE_S = 60  # then Ray ends idle processes beyond its soft limit (a node's CPUs)
 
 # This process was started ahead of the run that uses it (by `prestart`: Ray starts it for no job).
@@ -67,11 +73,12 @@ def worker_env(extra: dict[str, str] | None = None, preload: bool = True) -> dic
     return {**(extra or {}), ENV: "1"} if preload else dict(extra or {})
 
 
-def envs(workers_env: dict[str, str]) -> tuple[str, str]:
+def envs(workers_env: dict[str, str], parent: dict[str, str] | None = None) -> tuple[str, str]:
     """The serialized runtime environments of Ray Train's controller and of its workers, as Ray
-    2.60 builds them from this driver's environment: Ray Train propagates its own variables set
-    here, the controller adds one, and Ray merges the controller's (the parent's) under the
-    workers', writing the merge compactly with sorted keys."""
+    2.60 builds them from this process's environment: Ray Train propagates its own variables set
+    here, the controller adds one, and Ray merges the environment of the process that starts the
+    controller (`parent`'s variables: a Tune trial's) under the controller's and the controller's
+    under the workers', writing a merge compactly with sorted keys."""
     from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR
     from ray.runtime_env import RuntimeEnv
     from ray.train.v2._internal.constants import (
@@ -81,14 +88,21 @@ def envs(workers_env: dict[str, str]) -> tuple[str, str]:
 
     controller = get_env_vars_to_propagate()
     controller.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
+    controller = {**(parent or {}), **controller}
     workers = {**controller, **workers_env}
-    return (RuntimeEnv(env_vars=controller).serialize(),
-            json.dumps({"env_vars": workers}, sort_keys=True, separators=(",", ":")))
+    return (_compact(controller) if parent else RuntimeEnv(env_vars=controller).serialize()), _compact(workers)
 
 
-def raylet(address: str, workers: int, helpers: int = HELPERS) -> None:
+def _compact(env_vars: dict[str, str]) -> str:
+    return json.dumps({"env_vars": env_vars}, sort_keys=True, separators=(",", ":"))
+
+
+def raylet(address: str, workers: int, helpers: int = HELPERS, trial: tuple[str, dict[str, str], dict[str, str]] | None = None) -> None:
     """Ask the raylet at `address` (host:port of its node manager) to start `helpers` processes for
-    Ray Train's controller and helpers and `workers` for its workers, kept alive `KEEP_ALIVE_S`."""
+    Ray Train's controller and helpers and `workers` for its workers, kept alive `KEEP_ALIVE_S`.
+    For a Tune trial's successor, `trial` is the trial's own runtime environment (serialized), its
+    variables and its workers' extra ones: TRIAL_PROCESSES more in the trial's environment, and
+    the controller's and workers' environments with the trial's merged in."""
     from ray._private.grpc_utils import init_grpc_channel
     from ray.core.generated import (
         common_pb2,
@@ -97,27 +111,55 @@ def raylet(address: str, workers: int, helpers: int = HELPERS) -> None:
         runtime_environment_pb2,
     )
 
+    own, parent, extra = trial if trial is not None else (None, None, {})
+    plan = list(zip(envs(worker_env(extra), parent), (helpers, workers)))
+    if own is not None:
+        plan.append((own, TRIAL_PROCESSES))
     stub = node_manager_pb2_grpc.NodeManagerServiceStub(init_grpc_channel(address))
-    for env, n in zip(envs(worker_env()), (helpers, workers)):
+    for env, n in plan:
         if n > 0:
             stub.PrestartWorkers(node_manager_pb2.PrestartWorkersRequest(
                 language=common_pb2.PYTHON, num_workers=n, keep_alive_duration_secs=KEEP_ALIVE_S,
                 runtime_env_info=runtime_environment_pb2.RuntimeEnvInfo(serialized_runtime_env=env)), timeout=10)
 
 
+def _node_address(ray) -> str:
+    node = next(n for n in ray.nodes() if n["NodeID"] == ray.get_runtime_context().get_node_id())
+    return f'{node["NodeManagerAddress"]}:{node["NodeManagerPort"]}'
+
+
 def prestart(workers: int) -> bool:
     """From a connected driver: warm processes for a run with `workers` workers, on this driver's
     node (where Ray Train puts its controller; a single-node cluster's workers too). False when
-    they would not match (in a Ray worker, as in a Tune trial; in a job with a runtime environment)
-    or when there are no workers to warm (`workers_for`)."""
+    they would not match (in a Ray worker, as in a Tune trial: `prestart_next_trial`; in a job with
+    a runtime environment) or when there are no workers to warm (`workers_for`)."""
     import ray
 
     ctx = ray.get_runtime_context()
     if workers < 1 or ctx.worker.mode != ray.SCRIPT_MODE or ctx.get_runtime_env_string() not in ("", "{}"):
         return False
-    node = next(n for n in ray.nodes() if n["NodeID"] == ctx.get_node_id())
+    return _ask(lambda: raylet(_node_address(ray), workers))
+
+
+def prestart_next_trial(workers: int, workers_env: dict[str, str]) -> bool:
+    """From a Tune trial whose run has ended: warm processes for the next trial, on this node. Tune
+    starts each trial in a new actor with its own runtime environment (Tune's variables), which the
+    trial's report queue, the task that runs `fit()` and Ray Train's processes inherit, so none
+    matches a process warmed for a driver. False where the trial's environment holds more than
+    variables (a job's working directory, packages) or there are no workers to warm."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    env = ctx.runtime_env
+    if workers < 1 or set(env) - {"env_vars"}:
+        return False
+    trial = (ctx.get_runtime_env_string(), dict(env.get("env_vars") or {}), workers_env)
+    return _ask(lambda: raylet(_node_address(ray), workers, trial=trial))
+
+
+def _ask(call) -> bool:
     try:
-        raylet(f'{node["NodeManagerAddress"]}:{node["NodeManagerPort"]}', workers)
+        call()
     except Exception as e:  # an optimisation: the run goes on, and its successor starts its own processes
         logging.getLogger("raydl").warning("raydl: could not start warm worker processes (%s)", str(e).splitlines()[0])
         return False

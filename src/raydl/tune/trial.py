@@ -31,6 +31,7 @@ class _Live:
 
     fit = None  # the task running `trainer.fit()`
     controller = None  # the Train controller's handle, known from its first report
+    workers, worker_env = 0, {}  # the run's: for the next trial's warm processes (`raydl.warm`)
 
     @classmethod
     def end(cls) -> None:
@@ -40,7 +41,14 @@ class _Live:
         _abort(cls.controller)
         if cls.fit is not None:
             ray.cancel(cls.fit, force=True)
+            cls.warm_next()
         cls.fit = cls.controller = None
+
+    @classmethod
+    def warm_next(cls) -> None:
+        from raydl import warm
+
+        warm.prestart_next_trial(cls.workers, cls.worker_env)
 
 
 class AbortOnStop:
@@ -99,6 +107,7 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
     from ray import tune
     from ray.util.queue import Empty, Queue
 
+    from raydl import warm
     from raydl.launch import finish_run, make_trainer, resolve, run_dir, worker_data
     from raydl.loop import stopped
 
@@ -116,10 +125,11 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
                      "attempt": str(rdir.path)}, checkpoint=start)
         return
     queue = Queue(actor_options={"num_cpus": 0})
+    _Live.workers, _Live.worker_env = warm.workers_for(spec.scaling), {"WANDB_RUN_GROUP": search}  # one W&B group a search
     trainer = make_trainer(spec, prepared, worker_data(spec, prepared, cache=False), manifest, rdir, launch_ts,
                            report_every_epoch=True, callbacks=(ForwardReports(queue),),
                            start_from=start.path if start is not None else None,
-                           worker_env={"WANDB_RUN_GROUP": search})
+                           worker_env=_Live.worker_env)
     # fit() runs in a task of this trial, which `_Live.end` aborts when the trial fails or Tune stops it.
     fit = _Live.fit = ray.remote(num_cpus=0, max_retries=0)(_fit).remote(trainer)
     last = None  # the run's last report: held back until its model directory is written
@@ -133,8 +143,9 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
                     break
                 continue
             metrics["attempt"] = str(rdir.path)
-            if ckpt and stopped(ckpt):
+            if ckpt and stopped(ckpt):  # training is over: the next trial's processes start while Ray Train ends
                 last = (metrics, ckpt)
+                _Live.warm_next()
                 continue
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt) if ckpt else None)
         result = ray.get(fit)
@@ -142,6 +153,8 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
         _Live.end()
         raise
     _Live.fit = _Live.controller = None
+    if last is None:  # it never reported its end (a resumed run with nothing left to train)
+        _Live.warm_next()
     out = finish_run(spec, prepared, manifest, rdir, result.checkpoint)  # the model directory, result.json
     if last is not None:  # a scheduler may stop the trial on this report: it comes after the model
         metrics, ckpt = last
