@@ -21,7 +21,8 @@ launch -> first optimizer step, end of run (last optimizer step -> process exit:
 directory, shutdown) and wall. `--short-runs N` adds N back-to-back 1-epoch digits_mlp runs on the warm
 head, each a `raydl train` process launched as the previous one exits; and N such runs in one driver
 (`raydl.launch.train` called N times in one Ray session, as `raydl continual` runs its experiences and
-a pipeline its passes), timed from one run's return to the next one's first step.
+a pipeline its passes), timed from one run's return to the next one's first step; and a `raydl tune`
+search of N 1-epoch trials run one at a time, timed from one trial's last step to the next one's first.
 
 Usage:
   python bench/train_vs_torchrun.py --runs 3 --raw /tmp/bench.json            # everything, writes RESULTS.md
@@ -192,6 +193,9 @@ def measure(args, env: dict, save) -> dict:
                 print(f"[short] {json.dumps(res['short'])}", file=sys.stderr, flush=True)
                 res["in_driver"] = in_driver(args.short_runs, run_env, args.timeout * args.short_runs)
                 print(f"[in_driver] {json.dumps(res['in_driver'])}", file=sys.stderr, flush=True)
+                settle()
+                res["tune_trials"] = tune_trials(args.short_runs, run_env, args.timeout * args.short_runs)
+                print(f"[tune_trials] {json.dumps(res['tune_trials'])}", file=sys.stderr, flush=True)
         finally:
             if head:
                 head.__exit__()
@@ -228,6 +232,33 @@ def in_driver(n: int, env: dict, timeout: float) -> list[dict]:
     if p.returncode != 0:
         raise RuntimeError(f"{n} runs in one driver exited {p.returncode}:\n{p.stderr[-4000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def tune_trials(n: int, env: dict, timeout: float) -> list[dict]:
+    """`raydl tune` on the warm head: n 1-epoch digits_mlp trials, one at a time (a learning-rate
+    search). Per trial, sorted by start: the gap from the previous trial's last optimizer step to its
+    first (the first trial's: from the search's launch) and its warm workers."""
+    import yaml
+
+    d = Path(tempfile.mkdtemp(prefix="raydl-bench-tune-"))
+    raw = yaml.safe_load(CASES["digits_mlp"].spec.read_text())
+    raw["run"] = {"name": "bench-tune", "storage_path": str(d)}
+    raw["training"]["epochs"] = 1
+    raw["tune"] = {"metric": "val_accuracy", "mode": "max", "num_samples": n, "seed": 0, "max_concurrent_trials": 1,
+                   "space": {"optimizer.lr": {"loguniform": [1e-4, 1e-2]}}}
+    (d / "tune.yaml").write_text(yaml.safe_dump(raw))
+    exe = shutil.which("raydl") or str(Path(sys.executable).with_name("raydl"))
+    load = os.getloadavg()[0]
+    p = subprocess.run([exe, "tune", str(d / "tune.yaml")], env={**env, "RAYDL_LAUNCH_TS": repr(time.time())},
+                       capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if p.returncode != 0:
+        raise RuntimeError(f"raydl tune exited {p.returncode}:\n{p.stderr[-4000:]}")
+    trials = sorted((json.loads(f.read_text().splitlines()[-1]) for f in (d / "bench-tune" / "tune").glob("*/result.json")),
+                    key=lambda m: m["time_to_first_step_s"])
+    last = [0.0] + [m["time_to_last_step_s"] for m in trials[:-1]]
+    shutil.rmtree(d, ignore_errors=True)
+    return [{"time_to_first_step_s": m["time_to_first_step_s"] - prev, "warm_workers": m["warm_workers"], "load": load}
+            for m, prev in zip(trials, last)]
 
 
 def _med(runs: list[dict], key: str) -> float:
@@ -305,6 +336,20 @@ def render(res: dict, mach: dict, reproduce: str, runs: int) -> str:
                  f"previous run's return -> next first step, s: {every} "
                  f"(the first from just before it, connecting included); median of runs 2-{len(s)} "
                  f"{statistics.median(gaps):.1f}; end of run (last step -> return) median {_med(later, 'end_s'):.2f} s; "
+                 f"load {_loads(s)}.")
+        if t:
+            ratio = statistics.median(gaps) / _med(t, "time_to_first_step_s")
+            L.append(f"Against torchrun's launch -> first step: {ratio:.2f}x (goal <= {GOAL_NEXT}x: "
+                     f"{judge(s + t)(ratio <= GOAL_NEXT)}).")
+        L.append("")
+    if res.get("tune_trials"):
+        s, t = res["tune_trials"], res.get("warm", {}).get("digits_mlp", {}).get("torchrun")
+        later = s[1:] or s  # the first trial's gap holds the search's own start
+        gaps = [r["time_to_first_step_s"] for r in later]
+        every = ", ".join(f"{r['time_to_first_step_s']:.1f} ({r['warm_workers']} warm)" for r in s)
+        L.append(f"**Repeated Tune trials** (`raydl tune` on the warm head: {len(s)} 1-epoch digits_mlp trials of a "
+                 f"learning-rate search, one at a time): previous trial's last step -> next trial's first step, s: {every} "
+                 f"(the first from the search's launch); median of trials 2-{len(s)} {statistics.median(gaps):.1f}; "
                  f"load {_loads(s)}.")
         if t:
             ratio = statistics.median(gaps) / _med(t, "time_to_first_step_s")
