@@ -105,6 +105,7 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
     """The Tune trial function."""
     import ray
     from ray import tune
+    from ray.train import Checkpoint
     from ray.util.queue import Empty, Queue
 
     from raydl import warm
@@ -132,7 +133,7 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
                            worker_env=_Live.worker_env)
     # fit() runs in a task of this trial, which `_Live.end` aborts when the trial fails or Tune stops it.
     fit = _Live.fit = ray.remote(num_cpus=0, max_retries=0)(_fit).remote(trainer)
-    last = None  # the run's last report: held back until its model directory is written
+    last = out = None  # the run's last report: held back until its model directory is written
     try:
         while True:
             done = bool(ray.wait([fit], timeout=0)[0])
@@ -143,9 +144,12 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
                     break
                 continue
             metrics["attempt"] = str(rdir.path)
-            if ckpt and stopped(ckpt):  # training is over: the next trial's processes start while Ray Train ends
+            if ckpt and stopped(ckpt):
+                # Training is over and Ray Train has recorded its last checkpoint: the next trial's
+                # processes start, and the model directory is written, while Ray Train ends (1.8 s).
                 last = (metrics, ckpt)
                 _Live.warm_next()
+                out = finish_run(spec, prepared, manifest, rdir, Checkpoint.from_directory(ckpt))
                 continue
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt) if ckpt else None)
         result = ray.get(fit)
@@ -155,7 +159,8 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
     _Live.fit = _Live.controller = None
     if last is None:  # it never reported its end (a resumed run with nothing left to train)
         _Live.warm_next()
-    out = finish_run(spec, prepared, manifest, rdir, result.checkpoint)  # the model directory, result.json
+    if out is None or Path(result.checkpoint.path).name != Path(last[1]).name:  # not fit()'s last one after all
+        out = finish_run(spec, prepared, manifest, rdir, result.checkpoint)  # the model directory, result.json
     if last is not None:  # a scheduler may stop the trial on this report: it comes after the model
         metrics, ckpt = last
         tune.report({**metrics, **{k: v for k, v in out.metrics.items() if k.startswith("test_")}},
