@@ -14,15 +14,16 @@ start no cleaner when the state API does not answer, and wake the cleaner's thre
 
 A run without Ray Data datasets (raydl's in-memory path) also leaves out Ray Train's datasets
 callback, which starts a `DatasetManager` actor for every run, datasets or not: one more process,
-started while the run starts (a worker's `dataset_shard_provider` is optional in Ray Train). Nor does
-it register its workers with Ray Data's autoscaling coordinator: Ray Train's fixed scaling policy does
-that when its controller starts, waiting for the answer, and on a fresh Ray (the embedded one) that
-first starts the coordinator, a detached actor in a process of its own that imports Ray Data (0.94 s
-in the controller's log, on the path to the first step; the embedded digits MLP's first step 11.45 ->
-10.77 s, medians of 6 alternating runs, `bench/RESULTS.md`). The
-coordinator shares a cluster between Ray Data executions and Ray Train runs and passes their
-requests on to Ray's autoscaler; a run without Ray Data still has its placement group, which the
-autoscaler sees, so only the early request is lost. Runs with datasets register as before.
+started while the run starts (a worker's `dataset_shard_provider` is optional in Ray Train).
+
+Nor does such a run register its workers with Ray Data's autoscaling coordinator. Ray Train's fixed
+scaling policy does that when its controller starts, waiting for the answer; on a fresh Ray (the
+embedded one) that first starts the coordinator, a detached actor in a process of its own that
+imports Ray Data: 0.94 s in the controller's log, on the path to the first step (the embedded digits
+MLP's first step 11.45 -> 10.77 s, medians of 6 alternating runs, `bench/RESULTS.md`). The
+coordinator shares a cluster between Ray Data executions and Ray Train runs and passes their requests
+on to Ray's autoscaler; a run without Ray Data still has its placement group, which an autoscaler
+sees, so only the early request is lost. Runs with datasets register as before.
 """
 
 from __future__ import annotations
