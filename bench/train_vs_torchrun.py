@@ -272,6 +272,12 @@ def _loads(runs: list[dict]) -> str:
 MAX_LOAD_PER_CORE = 2.0  # above this 1-minute load per core at any launch, a goal is not judged
 
 
+def _next_verdict(gaps: list[float], runs: list[dict], torchrun: list[dict], judge) -> str:
+    """Goal 3's line: the median gap to the next run's first step against torchrun's launch -> first step."""
+    ratio = statistics.median(gaps) / _med(torchrun, "time_to_first_step_s")
+    return f"Against torchrun's launch -> first step: {ratio:.2f}x (goal <= {GOAL_NEXT}x: {judge(runs)(ratio <= GOAL_NEXT)})."
+
+
 def render(res: dict, mach: dict, reproduce: str, runs: int) -> str:
     verdict = {True: "met", False: "**not met**"}
 
@@ -338,9 +344,7 @@ def render(res: dict, mach: dict, reproduce: str, runs: int) -> str:
                  f"{statistics.median(gaps):.1f}; end of run (last step -> return) median {_med(later, 'end_s'):.2f} s; "
                  f"load {_loads(s)}.")
         if t:
-            ratio = statistics.median(gaps) / _med(t, "time_to_first_step_s")
-            L.append(f"Against torchrun's launch -> first step: {ratio:.2f}x (goal <= {GOAL_NEXT}x: "
-                     f"{judge(s + t)(ratio <= GOAL_NEXT)}).")
+            L.append(_next_verdict(gaps, s + t, t, judge))
         L.append("")
     if res.get("tune_trials"):
         s, t = res["tune_trials"], res.get("warm", {}).get("digits_mlp", {}).get("torchrun")
@@ -352,9 +356,7 @@ def render(res: dict, mach: dict, reproduce: str, runs: int) -> str:
                  f"(the first from the search's launch); median of trials 2-{len(s)} {statistics.median(gaps):.1f}; "
                  f"load {_loads(s)}.")
         if t:
-            ratio = statistics.median(gaps) / _med(t, "time_to_first_step_s")
-            L.append(f"Against torchrun's launch -> first step: {ratio:.2f}x (goal <= {GOAL_NEXT}x: "
-                     f"{judge(s + t)(ratio <= GOAL_NEXT)}).")
+            L.append(_next_verdict(gaps, s + t, t, judge))
         L.append("")
     return "\n".join(L)
 
