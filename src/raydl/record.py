@@ -140,9 +140,14 @@ class EarlyFinish:
     def finished_from(self, checkpoint) -> TrainResult | None:
         """The run written from `checkpoint` (fit()'s last), when that is the one this finished from;
         else None, and the caller writes it."""
-        if self.checkpoint is None or checkpoint is None or Path(self.checkpoint.path).name != Path(checkpoint.path).name:
+        if self.checkpoint is None or checkpoint is None or not same_checkpoint(self.checkpoint.path, checkpoint.path):
             return None
         return self.outcome()
+
+
+def same_checkpoint(a: str, b: str) -> bool:
+    """Whether two paths name the same checkpoint of a run (Ray Train's checkpoint directory name)."""
+    return Path(a).name == Path(b).name
 
 
 def latest_recorded(rdir: RunDir) -> str | None:

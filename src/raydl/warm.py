@@ -97,12 +97,13 @@ def _compact(env_vars: dict[str, str]) -> str:
     return json.dumps({"env_vars": env_vars}, sort_keys=True, separators=(",", ":"))
 
 
-def raylet(address: str, workers: int, helpers: int = HELPERS, trial: tuple[str, dict[str, str], dict[str, str]] | None = None) -> None:
+def raylet(address: str, workers: int, helpers: int = HELPERS, *, extra: dict[str, str] | None = None,
+           trial_env: str | None = None, trial_vars: dict[str, str] | None = None) -> None:
     """Ask the raylet at `address` (host:port of its node manager) to start `helpers` processes for
-    Ray Train's controller and helpers and `workers` for its workers, kept alive `KEEP_ALIVE_S`.
-    For a Tune trial's successor, `trial` is the trial's own runtime environment (serialized), its
-    variables and its workers' extra ones: TRIAL_PROCESSES more in the trial's environment, and
-    the controller's and workers' environments with the trial's merged in."""
+    Ray Train's controller and helpers and `workers` for its workers (`extra` in their environment),
+    kept alive `KEEP_ALIVE_S`. For a Tune trial's successor, `trial_env` is the trial's own runtime
+    environment (serialized) and `trial_vars` its variables: TRIAL_PROCESSES more in the trial's
+    environment, and the controller's and workers' environments with the trial's merged in."""
     from ray._private.grpc_utils import init_grpc_channel
     from ray.core.generated import (
         common_pb2,
@@ -111,10 +112,9 @@ def raylet(address: str, workers: int, helpers: int = HELPERS, trial: tuple[str,
         runtime_environment_pb2,
     )
 
-    own, parent, extra = trial if trial is not None else (None, None, {})
-    plan = list(zip(envs(worker_env(extra), parent), (helpers, workers)))
-    if own is not None:
-        plan.append((own, TRIAL_PROCESSES))
+    plan = list(zip(envs(worker_env(extra), trial_vars), (helpers, workers)))
+    if trial_env is not None:
+        plan.append((trial_env, TRIAL_PROCESSES))
     stub = node_manager_pb2_grpc.NodeManagerServiceStub(init_grpc_channel(address))
     for env, n in plan:
         if n > 0:
@@ -153,8 +153,8 @@ def prestart_next_trial(workers: int, workers_env: dict[str, str]) -> bool:
     env = ctx.runtime_env
     if workers < 1 or set(env) - {"env_vars"}:
         return False
-    trial = (ctx.get_runtime_env_string(), dict(env.get("env_vars") or {}), workers_env)
-    return _ask(lambda: raylet(_node_address(ray), workers, trial=trial))
+    return _ask(lambda: raylet(_node_address(ray), workers, extra=workers_env, trial_env=ctx.get_runtime_env_string(),
+                               trial_vars=dict(env.get("env_vars") or {})))
 
 
 def _ask(call) -> bool:

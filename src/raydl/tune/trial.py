@@ -111,6 +111,7 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
     from raydl import warm
     from raydl.launch import finish_run, make_trainer, resolve, run_dir, worker_data
     from raydl.loop import stopped
+    from raydl.record import same_checkpoint
 
     ctx = tune.get_context()
     trial_dir = trial_storage_dir(Path(experiment_dir), ctx.get_trial_id())
@@ -159,7 +160,7 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
     _Live.fit = _Live.controller = None
     if last is None:  # it never reported its end (a resumed run with nothing left to train)
         _Live.warm_next()
-    if out is None or Path(result.checkpoint.path).name != Path(last[1]).name:  # not fit()'s last one after all
+    if out is None or not same_checkpoint(result.checkpoint.path, last[1]):  # not fit()'s last one after all
         out = finish_run(spec, prepared, manifest, rdir, result.checkpoint)  # the model directory, result.json
     if last is not None:  # a scheduler may stop the trial on this report: it comes after the model
         metrics, ckpt = last
