@@ -52,5 +52,6 @@ def test_train_reuses_the_local_head(tmp_path):
         down = _raydl("cluster", "down", env=env)
         os.environ.pop("RAYDL_HOME", None)
     assert down.returncode == 0 and "stopped" in down.stdout
-    assert not cluster._head_processes(head.temp_dir) and not cluster._ours(head)
+    # every process of the head is gone, Ray's client server too (it names only the head's address)
+    assert not cluster._head_processes(head.temp_dir, address=head.address) and not cluster._ours(head)
     assert _raydl("cluster", "status", env=env).stdout.strip() == "not running"

@@ -48,6 +48,7 @@ class LocalHead:
     num_cpus: int
     started_at: float
     pids: dict[int, int] = field(default_factory=dict)  # pid -> start time, recorded by `up`
+    session: int = 0  # the session `up` started `ray start` in (0: not recorded)
 
     def reachable(self, timeout: float = 0.5) -> bool:
         host, _, port = self.address.rpartition(":")
@@ -108,12 +109,12 @@ def _start_time(pid: int) -> int | None:
     return st[1] if st else None
 
 
-def _names_dir(pid: int, temp_dir: str) -> bool:
+def _is_heads(pid: int, temp_dir: str, address: str | None = None) -> bool:
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return False
-    return any(_names(a, temp_dir) for a in argv)
+    return any(_names(a, temp_dir) for a in argv) or (address is not None and f"--address={address}" in argv)
 
 
 def _descendants(pids: list[int]) -> list[int]:
@@ -132,21 +133,25 @@ def _descendants(pids: list[int]) -> list[int]:
     return sorted(seen)
 
 
-def _head_processes(temp_dir: str, session: int | None = None) -> dict[int, int]:
-    """pid -> start time of the processes one of whose arguments names `temp_dir` (and, if given,
-    that belong to `session`: the one `up` started `ray start` in)."""
+def _head_processes(temp_dir: str, session: int | None = None, address: str | None = None) -> dict[int, int]:
+    """pid -> start time of the processes one of whose arguments names `temp_dir`, or is
+    `--address=<address>` (Ray's client server names only the GCS's address), and, if given, that
+    belong to `session`: the one `up` started `ray start` in."""
     found = {}
     for p in filter(str.isdigit, os.listdir("/proc")):
         st = _stat(int(p))
-        if st and (session is None or st[0] == session) and _names_dir(int(p), temp_dir):
+        if st and (session is None or st[0] == session) and _is_heads(int(p), temp_dir, address):
             found[int(p)] = st[1]
     return found
 
 
 def _ours(head: LocalHead) -> list[int]:
     """The recorded processes that are still the same processes (same start time, still naming the
-    head's temp dir), and their descendants (the raylet's workers)."""
-    live = [pid for pid, st in head.pids.items() if _start_time(pid) == st and _names_dir(pid, head.temp_dir)]
+    head's temp dir or address), the head's that started after `up` looked (in its session), and
+    their descendants (the raylet's workers)."""
+    live = [pid for pid, st in head.pids.items() if _start_time(pid) == st and _is_heads(pid, head.temp_dir, head.address)]
+    if head.session:
+        live += [pid for pid in _head_processes(head.temp_dir, head.session, head.address) if pid not in live]
     return _descendants(live)
 
 
@@ -188,8 +193,8 @@ def up(num_cpus: int | None = None) -> LocalHead:
         proc.kill()
         stdout, stderr = proc.communicate()
     found = re.search(r"--address='([0-9A-Za-z.\-]+:\d+)'", stdout)  # the node's own IP, as Ray picked it
-    head = LocalHead(found.group(1) if found else f"127.0.0.1:{port}", temp_dir, cpus, time.time(),
-                     _head_processes(temp_dir, session=proc.pid))
+    address = found.group(1) if found else f"127.0.0.1:{port}"
+    head = LocalHead(address, temp_dir, cpus, time.time(), _head_processes(temp_dir, proc.pid, address), proc.pid)
     if proc.returncode != 0:
         _stop(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
