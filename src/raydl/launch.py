@@ -202,9 +202,9 @@ def train(spec: JobSpec, *, address: str | None = None, restart: bool = False,
             check_resources(spec, streams)
             if streams:
                 prepared = with_stats(spec, prepared)
-            # Once its model is written (while Ray Train ends, or after), the next run's processes start.
-            after = (lambda: warm.prestart(warm.workers_for(spec.scaling))) if ((not ray_ends) if warm_next is None else warm_next) else None
-            result = _fit(spec, prepared, manifest(spec, prepared.fingerprint), rdir, launch_ts, on_epoch, start_from, after)
+            result = _fit(spec, prepared, manifest(spec, prepared.fingerprint), rdir, launch_ts, on_epoch, start_from)
+            if (not ray_ends) if warm_next is None else warm_next:  # its model is written: the next run's processes start
+                warm.prestart(warm.workers_for(spec.scaling))
         if start_from is not None:
             prune_unrecorded(spec, rdir, start_from)
     return result
@@ -293,9 +293,7 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
 
 
 def _fit(spec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, launch_ts: float, on_epoch,
-         start_from: str | None = None, after: Callable[[], object] | None = None) -> TrainResult:
-    """`after`: called once the model directory is written: by the early finish while Ray Train
-    ends, else once `fit()` has returned."""
+         start_from: str | None = None) -> TrainResult:
     queue = pump = None
     if on_epoch is not None:
         from ray.util.queue import Queue
@@ -304,7 +302,7 @@ def _fit(spec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, launch_ts
         pump = _progress_pump(queue, on_epoch)
     trainer = make_trainer(spec, prepared, worker_data(spec, prepared), man, rdir, launch_ts, progress=queue,
                            start_from=start_from)
-    early = None if rdir.remote else EarlyFinish(lambda c: finish_run(spec, prepared, man, rdir, c, start_from), rdir, after)
+    early = None if rdir.remote else EarlyFinish(lambda c: finish_run(spec, prepared, man, rdir, c, start_from), rdir)
     sigint = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
@@ -324,12 +322,7 @@ def _fit(spec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, launch_ts
         if early is not None:
             early.stop()
     written = early.finished_from(result.checkpoint) if early is not None else None
-    if written is not None:
-        return written
-    written = finish_run(spec, prepared, man, rdir, result.checkpoint, start_from)
-    if after is not None and (early is None or early.checkpoint is None):  # else the early finish called it
-        after()
-    return written
+    return written if written is not None else finish_run(spec, prepared, man, rdir, result.checkpoint, start_from)
 
 
 def finish_run(spec: JobSpec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, checkpoint,

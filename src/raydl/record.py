@@ -98,11 +98,10 @@ class EarlyFinish:
     as running, so it sees the workers finished one poll (0.5 s) after the last report, and then stops
     the run's processes. The record (read from local disk) names the latest checkpoint, whose loop
     state says when the run has stopped; one recorded before this run started (a rerun of a stopped
-    run) is not this run's end. `stop()` waits for a model being written. `after`: called once the
-    model is written."""
+    run) is not this run's end. `stop()` waits for a model being written."""
 
-    def __init__(self, finish: Callable[[Any], TrainResult], rdir: RunDir, after: Callable[[], object] | None = None) -> None:
-        self._finish, self._rdir, self._after = finish, rdir, after
+    def __init__(self, finish: Callable[[Any], TrainResult], rdir: RunDir) -> None:
+        self._finish, self._rdir = finish, rdir
         self._before = latest_recorded(rdir)
         self._stopped = threading.Event()
         self.checkpoint = None  # the checkpoint it finished from
@@ -127,9 +126,6 @@ class EarlyFinish:
                     self._result = self._finish(last)
                 except BaseException as e:  # raised by outcome(), in the caller's thread
                     self._error = e
-                    return
-                if self._after is not None:
-                    self._after()
                 return
 
     def stop(self) -> None:
