@@ -6,7 +6,9 @@ split's tensors per batch):
                plain side imports no raydl (the start-up reference)
   compute_mlp  compute-bound: MLP 64-512-512-10 on 200k x 64 seeded Parquet rows, batch 256
                (bench/compute_mlp_bench.yaml; the plain side prepares data and model with raydl's code)
-  digits_cnn   configs/cnn_digits.yaml (digits as 1x8x8 images, conv 32-64-128 + batch norm, batch 32)
+  digits_cnn   configs/cnn_digits.yaml (digits as 1x8x8 images, conv 32-64-128 + batch norm, batch 32),
+               40 epochs a side: an epoch trains in 0.25-0.3 s and single epochs move +-10 %, so 8 epochs
+               (2 s of steady state) measured the run's first seconds more than its steady rate
 
 raydl runs each case on each `--loaders` data path (in_memory, ray_data) and `--where`: embedded Ray
 (`ray.init` inside `raydl train`) or warm (a `raydl cluster up` head, started and stopped here, with
@@ -71,7 +73,7 @@ CASES = {
     "digits_mlp": Case(HERE / "digits_mlp_bench.yaml", (), 30, 200, False),
     "compute_mlp": Case(HERE / "compute_mlp_bench.yaml", (f"data.source={DATA}",), 4, 4, True),
     "digits_cnn": Case(ROOT / "configs" / "cnn_digits.yaml",
-                       ("tracking=none", "run.storage_path=/tmp/raydl-bench"), 8, 8, True),
+                       ("tracking=none", "run.storage_path=/tmp/raydl-bench"), 40, 40, True),
 }
 
 
