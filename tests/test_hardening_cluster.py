@@ -19,15 +19,17 @@ def _raydl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "raydl.cli", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
-def _naming(temp_dir: str) -> set[int]:
-    """Processes one of whose arguments is the temp dir or a path inside it."""
+def _naming(temp_dir: str, address: str | None = None) -> set[int]:
+    """Processes one of whose arguments is the temp dir or a path inside it, or `--address=<address>`
+    (Ray's client server names only the head's address)."""
     found = set()
     for p in filter(str.isdigit, os.listdir("/proc")):
         try:
             argv = Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if any(a.split("=", 1)[-1] == temp_dir or a.split("=", 1)[-1].startswith(temp_dir + "/") for a in argv):
+        if any(a.split("=", 1)[-1] == temp_dir or a.split("=", 1)[-1].startswith(temp_dir + "/") for a in argv) or (
+                address is not None and f"--address={address}" in argv):
             found.add(int(p))
     return found
 
@@ -68,15 +70,16 @@ def test_down_spares_decoys_that_share_the_temp_dir_prefix(tmp_path, monkeypatch
     up = _raydl(env, "cluster", "up", "--num-cpus=1")
     assert up.returncode == 0, up.stderr
     head = json.loads((tmp_path / "home" / "cluster.json").read_text())
-    temp = head["temp_dir"]
+    temp, address = head["temp_dir"], head["address"]
     decoy_file = Path(temp + "5")  # same prefix, another path
     decoys = []
     try:
         decoy_file.write_text("not Ray's")
         decoys = [_sleeper(temp + "5/x"),  # a path with the same prefix
                   _sleeper(f"--log={temp}-other"),
-                  _sleeper(f"{temp}/session_latest/logs/raylet.out")]  # a user's tail of its logs
-        started = _naming(temp) - {d.pid for d in decoys}
+                  _sleeper(f"{temp}/session_latest/logs/raylet.out"),  # a user's tail of its logs
+                  _sleeper(f"--address={address}")]  # names the head's address, outside its session
+        started = _naming(temp, address) - {d.pid for d in decoys}
         assert started, "no head processes found"
         recorded = set(map(int, head["pids"]))
         # `up` recorded exactly the head's processes; the rest are worker processes its raylet started
@@ -89,9 +92,9 @@ def test_down_spares_decoys_that_share_the_temp_dir_prefix(tmp_path, monkeypatch
         assert [d.poll() for d in decoys] == [None] * len(decoys), "cluster down killed a process that was not Ray's"
         assert decoy_file.read_text() == "not Ray's"
         deadline = time.monotonic() + 10
-        while _naming(temp) - {d.pid for d in decoys} and time.monotonic() < deadline:
+        while _naming(temp, address) - {d.pid for d in decoys} and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _naming(temp) - {d.pid for d in decoys}, "the head's processes are still running"
+        assert not _naming(temp, address) - {d.pid for d in decoys}, "the head's processes are still running"
         assert not Path(temp).exists() and not (tmp_path / "home" / "cluster.json").exists()
     finally:
         for d in decoys:
