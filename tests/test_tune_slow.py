@@ -76,6 +76,28 @@ def test_asha_stops_poor_trials_and_exports_the_best(tmp_path, ray_local):
     assert pd.read_csv(tmp_path / "runs" / "asha" / "trials.csv").shape[0] == 3
     # a stopped trial's Train run ended with it: nothing of the search holds CPUs on the shared cluster
     assert all_cpus_free_again(ray_local), (ray_local.available_resources(), ray_local.cluster_resources())
+    # two trials at a time: the third ran in the actor of one of the first two (`reuse_actors`)
+    assert len(set(trial_pids(tmp_path / "runs" / "asha"))) == 2
+
+
+def trial_pids(search_dir: Path) -> list[int]:
+    """Each trial's actor's process (Tune's `pid` in every result)."""
+    return [json.loads(f.read_text().splitlines()[-1])["pid"] for f in (search_dir / "tune").glob("*/result.json")]
+
+
+def test_trials_stopped_mid_run_hand_their_actor_to_the_next(tmp_path, ray_local):
+    # one trial at a time: the bad ones are stopped at the first rung while their runs go on (3
+    # epochs); Tune hands the stopped trial's actor to the next trial, which must first end the
+    # stopped run (`AbortOnStop.reset_config`): else two runs in one actor, or the next trial fails.
+    p = write_spec(tmp_path, "reuse", {"space": {"optimizer.lr": {"grid": [GOOD, BAD, BAD]}}, "max_concurrent_trials": 1,
+                                       "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2, "max_t": 3}},
+                   epochs=3)
+    tune(load_spec(p))
+    table = pd.read_parquet(tmp_path / "runs" / "reuse" / "trials.parquet").sort_values("optimizer.lr")
+    print(table.to_string())
+    assert list(table["status"]) == ["stopped", "stopped", "finished"] and list(table["epochs"]) == [1, 1, 3]
+    assert len(set(trial_pids(tmp_path / "runs" / "reuse"))) == 1
+    assert all_cpus_free_again(ray_local), (ray_local.available_resources(), ray_local.cluster_resources())
 
 
 @pytest.mark.bar

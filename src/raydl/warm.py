@@ -16,11 +16,11 @@ those processes before a run asks for them:
 raydl calls `prestart` when it starts an embedded Ray for a run (in place of Ray's two generic first
 workers), when `raydl cluster up` has started its head, and when a run ends on a Ray that outlives it
 (a running cluster, or a series of runs in one driver such as `raydl continual`'s), for the next run.
-A Tune trial runs in an actor with a runtime environment of its own (Tune's variables), which its
-report queue, the task that runs `fit()` and Ray Train's processes inherit: as its training ends, a
-trial asks for its successor's processes in those environments (`prestart_next_trial`). Imports are
-not done ahead there: importing Tune, raydl and Ray Train's controller in those processes ahead made
-the next trial start later, not sooner (the same two cores, `bench/RESULTS.md`).
+A Tune trial runs in an actor with a runtime environment of its own (Tune's variables), which Ray
+Train's processes inherit: as its training ends, a trial asks for its successor's processes in those
+environments (`prestart_next_trial`); the successor runs in the same actor (`raydl.tune.trial`).
+Imports are not done ahead in the controller's processes: on two cores that made the next run or
+trial start later, not sooner (`bench/RESULTS.md`).
 Where the environments differ (another Ray version, a job with a runtime environment of its own) or
 a run's workers go to other nodes, those runs start their own processes as before; GPU runs get no
 warm workers (`workers_for`). What a run got is in its metrics: `warm_workers`.
@@ -34,7 +34,6 @@ import os
 
 ENV = "RAYDL_WARM_WORKER"  # in the runtime environment of raydl's Ray Train workers
 HELPERS = 2  # processes Ray Train starts beside the workers: its controller and synchronization actor
-TRIAL_PROCESSES = 3  # a Tune trial's own: its actor, its report queue, the task that runs fit()
 KEEP_ALIVE_S = 60  # then Ray ends idle processes beyond its soft limit (a node's CPUs)
 
 # This process was started ahead of the run that uses it (by `prestart`: Ray starts it for no job).
@@ -98,12 +97,11 @@ def _compact(env_vars: dict[str, str]) -> str:
 
 
 def raylet(address: str, workers: int, helpers: int = HELPERS, *, extra: dict[str, str] | None = None,
-           trial_env: str | None = None, trial_vars: dict[str, str] | None = None) -> None:
+           trial_vars: dict[str, str] | None = None) -> None:
     """Ask the raylet at `address` (host:port of its node manager) to start `helpers` processes for
     Ray Train's controller and helpers and `workers` for its workers (`extra` in their environment),
-    kept alive `KEEP_ALIVE_S`. For a Tune trial's successor, `trial_env` is the trial's own runtime
-    environment (serialized) and `trial_vars` its variables: TRIAL_PROCESSES more in the trial's
-    environment, and the controller's and workers' environments with the trial's merged in."""
+    kept alive `KEEP_ALIVE_S`. For a Tune trial's successor, `trial_vars` are the trial's variables,
+    merged into the controller's and workers' environments."""
     from ray._private.grpc_utils import init_grpc_channel
     from ray.core.generated import (
         common_pb2,
@@ -113,8 +111,6 @@ def raylet(address: str, workers: int, helpers: int = HELPERS, *, extra: dict[st
     )
 
     plan = list(zip(envs(worker_env(extra), trial_vars), (helpers, workers)))
-    if trial_env is not None:
-        plan.append((trial_env, TRIAL_PROCESSES))
     stub = node_manager_pb2_grpc.NodeManagerServiceStub(init_grpc_channel(address))
     for env, n in plan:
         if n > 0:
@@ -142,18 +138,18 @@ def prestart(workers: int) -> bool:
 
 
 def prestart_next_trial(workers: int, workers_env: dict[str, str]) -> bool:
-    """From a Tune trial whose run has ended: warm processes for the next trial, on this node. Tune
-    starts each trial in a new actor with its own runtime environment (Tune's variables), which the
-    trial's report queue, the task that runs `fit()` and Ray Train's processes inherit, so none
-    matches a process warmed for a driver. False where the trial's environment holds more than
-    variables (a job's working directory, packages) or there are no workers to warm."""
+    """From a Tune trial whose run has ended: warm processes for the next trial's run, on this node.
+    Tune runs trials in actors with their own runtime environment (Tune's variables), which Ray
+    Train's processes inherit, so none matches a process warmed for a driver. False where the
+    trial's environment holds more than variables (a job's working directory, packages) or there
+    are no workers to warm."""
     import ray
 
     ctx = ray.get_runtime_context()
     env = ctx.runtime_env
     if workers < 1 or set(env) - {"env_vars"}:
         return False
-    return _ask(lambda: raylet(_node_address(ray), workers, extra=workers_env, trial_env=ctx.get_runtime_env_string(),
+    return _ask(lambda: raylet(_node_address(ray), workers, extra=workers_env,
                                trial_vars=dict(env.get("env_vars") or {})))
 
 

@@ -209,7 +209,7 @@ def run_search(search: Search, *, resume: bool, concurrency: int, callbacks: Seq
     tune_config = tune.TuneConfig(
         metric=ts.metric, mode=ts.mode, num_samples=ts.num_samples, max_concurrent_trials=None,  # search_alg limits it
         time_budget_s=ts.time_budget_s, scheduler=scheduler(ts), search_alg=search_alg(ts, concurrency),
-        reuse_actors=False)
+        reuse_actors=True)  # a trial's actor and report queue serve the next trial (`raydl.tune.trial`)
     tuner = tune.Tuner(trainable(search), param_space=param_space(ts), tune_config=tune_config, run_config=run_config)
     return tuner.fit()
 

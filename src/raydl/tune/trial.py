@@ -1,7 +1,9 @@
 """One Tune trial: an ordinary raydl training run (its own Ray Train worker group) built from the
 spec with the trial's values applied.
 
-Ray Train V2 runs inside the trial: the trial function builds and fits a `TorchTrainer`. The loop
+Ray Train V2 runs inside the trial: the trial function builds a `TorchTrainer` and fits it in a
+thread. Tune runs the next trial in the same actor (`reuse_actors`), which has imported Tune, Ray
+Train, torch and raydl already: about 2.5 s less between trials (`bench/RESULTS.md`). The loop
 reports every epoch (`report_every_epoch`), and a controller callback forwards each report, with
 the path of the checkpoint it carries, to the trial function, which reports it to Tune. Unlike
 `ray.tune.integration.ray_train.TuneReportCallback` (metrics only), each Train checkpoint becomes a
@@ -14,9 +16,11 @@ from that checkpoint: weights, optimizer and the loop's state (its epoch and his
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
+from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2.api.callback import UserCallback
 
 from raydl.spec import spec_from_dict
@@ -27,22 +31,31 @@ ABORT_TIMEOUT_S = 30
 
 
 class _Live:
-    """The Train run this trial's process is running (one trial per actor: `reuse_actors=False`)."""
+    """The Train run this trial's actor is running. Tune runs one trial at a time in an actor and
+    reuses the actor for the next trial (`reuse_actors=True`): its report queue is kept too."""
 
-    fit = None  # the task running `trainer.fit()`
-    controller = None  # the Train controller's handle, known from its first report
+    fit = None  # the thread running `trainer.fit()` (`_Fit`)
+    controller = None  # the Train controller's handle, known once it has started (`AnnounceController`)
     workers, worker_env = 0, {}  # the run's: for the next trial's warm processes (`raydl.warm`)
+    queue = None  # the controller's reports, tagged with their run's name (`ForwardReports`)
 
     @classmethod
     def end(cls) -> None:
-        """Abort the run (workers and placement group released), then cancel its task."""
-        import ray
-
-        _abort(cls.controller)
-        if cls.fit is not None:
-            ray.cancel(cls.fit, force=True)
-            cls.warm_next()
+        """Abort the run (workers and placement group released), then wait for its thread."""
+        fit, controller = cls.fit, cls.controller
         cls.fit = cls.controller = None
+        _abort(controller)
+        if fit is not None:
+            fit.join(ABORT_TIMEOUT_S)
+            cls.warm_next()
+
+    @classmethod
+    def reports(cls):
+        from ray.util.queue import Queue
+
+        if cls.queue is None:
+            cls.queue = Queue(actor_options={"num_cpus": 0})
+        return cls.queue
 
     @classmethod
     def warm_next(cls) -> None:
@@ -53,27 +66,46 @@ class _Live:
 
 class AbortOnStop:
     """Mixed into the trial's Trainable (Tune's `__mixins__` hook). Tune stops a trial (a
-    scheduler's decision, the time budget, PBT's exploit) by calling `stop()` and dropping the
-    actor: the trial function's thread dies with it, never reaching its own clean-up. Its Train
-    run must end here, before the actor goes, or its placement group holds CPUs for good."""
+    scheduler's decision, the time budget, PBT's exploit) while its function's thread waits in
+    `tune.report`: it hands the actor to the next trial (`reset_config`) or drops it (`cleanup`),
+    and the thread never gets to its own clean-up before that. Its Train run must end here first,
+    or its placement group holds CPUs for good (and a reused actor would start a second run)."""
+
+    def reset_config(self, new_config) -> bool:
+        _Live.end()  # then Tune ends the waiting thread (within 2 s, or the next trial fails)
+        return super().reset_config(new_config)
 
     def cleanup(self) -> None:
         _Live.end()
         super().cleanup()
 
 
+class AnnounceController(ControllerCallback):
+    """On the Train controller, as it starts: its handle onto the trial's queue, so that a trial
+    stopped before its run's first report can abort the run too."""
+
+    def __init__(self, queue, run: str) -> None:
+        self.queue, self.run = queue, run
+
+    def after_controller_start(self, train_run_context) -> None:
+        import ray
+
+        self.queue.put((self.run, None, None, ray.get_runtime_context().current_actor))
+
+
 class ForwardReports(UserCallback):
     """On the Train controller: each report of rank 0, its checkpoint's path and the controller's
-    own handle (so that a stopped trial can abort the run) onto a queue."""
+    own handle (so that a stopped trial can abort the run) onto the actor's queue, tagged with the
+    run (a stopped run's last words must not reach the next trial)."""
 
-    def __init__(self, queue) -> None:
-        self.queue = queue
+    def __init__(self, queue, run: str) -> None:
+        self.queue, self.run = queue, run
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         import ray
 
         me = ray.get_runtime_context().current_actor
-        self.queue.put((dict(metrics[0]), checkpoint.path if checkpoint is not None else None, me))
+        self.queue.put((self.run, dict(metrics[0]), checkpoint.path if checkpoint is not None else None, me))
 
 
 def trial_spec(base: dict, config: dict[str, Any], trial_dir: Path, search: str, trial_id: str):
@@ -85,8 +117,27 @@ def trial_spec(base: dict, config: dict[str, Any], trial_dir: Path, search: str,
     return spec_from_dict(raw, origin=f"of trial {trial_id}")
 
 
-def _fit(trainer):
-    return trainer.fit()
+class _Fit(threading.Thread):
+    """`trainer.fit()` in a thread of the trial's actor, not in a task of its own: a reused actor
+    has imported Ray Train and raydl for the trial before, where a task's new process imported them
+    again for each trial (`bench/RESULTS.md`)."""
+
+    def __init__(self, trainer) -> None:
+        super().__init__(daemon=True, name="raydl-fit")
+        self.trainer, self.result, self.error = trainer, None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.result = self.trainer.fit()
+        except BaseException as e:  # noqa: BLE001 (raised in the trial's thread, by `get`)
+            self.error = e
+
+    def get(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 def trial_storage_dir(fallback: Path, trial_id: str) -> Path:
@@ -103,10 +154,9 @@ def trial_storage_dir(fallback: Path, trial_id: str) -> Path:
 def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict, launch_ts: float,
               experiment_dir: str) -> None:
     """The Tune trial function."""
-    import ray
     from ray import tune
     from ray.train import Checkpoint
-    from ray.util.queue import Empty, Queue
+    from ray.util.queue import Empty
 
     from raydl import warm
     from raydl.launch import finish_run, make_trainer, resolve, run_dir, worker_data
@@ -126,23 +176,28 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
         tune.report({**out.history[-1], **{k: v for k, v in out.metrics.items() if k.startswith("test_")},
                      "attempt": str(rdir.path)}, checkpoint=start)
         return
-    queue = Queue(actor_options={"num_cpus": 0})
+    queue, tag = _Live.reports(), str(rdir.path)
     _Live.workers, _Live.worker_env = warm.workers_for(spec.scaling), {"WANDB_RUN_GROUP": search}  # one W&B group a search
     trainer = make_trainer(spec, prepared, worker_data(spec, prepared, cache=False), manifest, rdir, launch_ts,
-                           report_every_epoch=True, callbacks=(ForwardReports(queue),),
+                           report_every_epoch=True, callbacks=(AnnounceController(queue, tag), ForwardReports(queue, tag)),
                            start_from=start.path if start is not None else None,
                            worker_env=_Live.worker_env)
-    # fit() runs in a task of this trial, which `_Live.end` aborts when the trial fails or Tune stops it.
-    fit = _Live.fit = ray.remote(num_cpus=0, max_retries=0)(_fit).remote(trainer)
+    # fit() runs in a thread of this trial; `_Live.end` aborts its run when the trial fails or Tune stops it.
+    fit = _Live.fit = _Fit(trainer)
     last = out = None  # the run's last report: held back until its model directory is written
     try:
         while True:
-            done = bool(ray.wait([fit], timeout=0)[0])
+            done = not fit.is_alive()
             try:
-                metrics, ckpt, _Live.controller = queue.get(timeout=RESULT_TIMEOUT_S)
+                run, metrics, ckpt, controller = queue.get(timeout=RESULT_TIMEOUT_S)
             except Empty:
                 if done:
                     break
+                continue
+            if run != tag:  # a report of this actor's previous trial, stopped
+                continue
+            _Live.controller = controller
+            if metrics is None:  # the controller has started
                 continue
             metrics["attempt"] = str(rdir.path)
             if ckpt and stopped(ckpt):
@@ -153,7 +208,7 @@ def run_trial(config: dict, *, base: dict, search: str, prepared, manifest: dict
                 out = finish_run(spec, prepared, manifest, rdir, Checkpoint.from_directory(ckpt))
                 continue
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt) if ckpt else None)
-        result = ray.get(fit)
+        result = fit.get()
     except BaseException:
         _Live.end()
         raise
