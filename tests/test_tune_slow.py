@@ -87,8 +87,9 @@ def trial_pids(search_dir: Path) -> list[int]:
 
 def test_trials_stopped_mid_run_hand_their_actor_to_the_next(tmp_path, ray_local):
     # one trial at a time: the bad ones are stopped at the first rung while their runs go on (3
-    # epochs); Tune hands the stopped trial's actor to the next trial, which must first end the
-    # stopped run (`AbortOnStop.reset_config`): else two runs in one actor, or the next trial fails.
+    # epochs); Tune hands the stopped trial's actor to the next trial once the stopped run has ended
+    # (`AbortOnStop.reset_config`, or the stopped trial's own thread as Tune ends it): a run left going
+    # would hold its CPUs, and a reset that takes Tune more than 2 s fails the next trial.
     p = write_spec(tmp_path, "reuse", {"space": {"optimizer.lr": {"grid": [GOOD, BAD, BAD]}}, "max_concurrent_trials": 1,
                                        "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2, "max_t": 3}},
                    epochs=3)
