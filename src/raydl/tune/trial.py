@@ -80,32 +80,33 @@ class AbortOnStop:
         super().cleanup()
 
 
-class AnnounceController(ControllerCallback):
-    """On the Train controller, as it starts: its handle onto the trial's queue, so that a trial
-    stopped before its run's first report can abort the run too."""
+class _ToTrial:
+    """On the Train controller: puts `(run, metrics, checkpoint path, the controller's handle)` onto
+    the trial actor's queue. The run's name tags it (a stopped run's last words must not reach the
+    next trial); the handle lets a stopped trial abort the run."""
 
     def __init__(self, queue, run: str) -> None:
         self.queue, self.run = queue, run
+
+    def _put(self, metrics: dict | None, checkpoint_path: str | None) -> None:
+        import ray
+
+        self.queue.put((self.run, metrics, checkpoint_path, ray.get_runtime_context().current_actor))
+
+
+class AnnounceController(_ToTrial, ControllerCallback):
+    """As the controller starts (no metrics): so that a trial stopped before its run's first report
+    can abort the run too."""
 
     def after_controller_start(self, train_run_context) -> None:
-        import ray
-
-        self.queue.put((self.run, None, None, ray.get_runtime_context().current_actor))
+        self._put(None, None)
 
 
-class ForwardReports(UserCallback):
-    """On the Train controller: each report of rank 0, its checkpoint's path and the controller's
-    own handle (so that a stopped trial can abort the run) onto the actor's queue, tagged with the
-    run (a stopped run's last words must not reach the next trial)."""
-
-    def __init__(self, queue, run: str) -> None:
-        self.queue, self.run = queue, run
+class ForwardReports(_ToTrial, UserCallback):
+    """Each report of rank 0 and its checkpoint's path."""
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        import ray
-
-        me = ray.get_runtime_context().current_actor
-        self.queue.put((self.run, dict(metrics[0]), checkpoint.path if checkpoint is not None else None, me))
+        self._put(dict(metrics[0]), checkpoint.path if checkpoint is not None else None)
 
 
 def trial_spec(base: dict, config: dict[str, Any], trial_dir: Path, search: str, trial_id: str):
