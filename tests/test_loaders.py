@@ -196,6 +196,26 @@ def test_a_streamed_run_that_stops_early_is_not_held_by_the_epoch_fetched_ahead(
     assert extras and all(k.startswith("ewc.fisher.") for k in extras)
     assert all(torch.isfinite(v).all() and float(v.sum()) > 0 for v in extras.values())
 
+def test_a_streamed_runs_scored_splits_are_opened_in_its_first_epoch(ray_local, tmp_path):
+    """Ray Train makes a split's coordinator (an actor, a new process) when the workers first ask for
+    the split. Validation and test, scored at the end, are asked for as the first train rows arrive:
+    by the driver's first epoch report, every coordinator of the run has been made, test's included
+    (it used to be made as the run ended, 1.4 s of its end)."""
+    import ray._private.state
+
+    def coordinators() -> set[str]:
+        return {i for i, a in ray._private.state.actors().items() if a["ActorClassName"] == "SplitCoordinator"}
+
+    before, seen = coordinators(), []
+    s = _spec(str(tmp_path / "runs"), "opened", _write_blobs(tmp_path / "blobs", 600, 4), "ray_data", 2, 32).model_dump()
+    s["training"]["epochs"] = 3
+    run = train(JobSpec.model_validate(s), on_epoch=lambda m: seen.append(coordinators() - before))
+    made = coordinators() - before
+    assert run.metrics["status"] == "finished" and "test_accuracy" in run.metrics
+    assert len(made) == 3  # train, validation, test
+    assert seen[0] == made
+
+
 # ---- the driver's memory ----------------------------------------------------------------------
 
 DRIVER = textwrap.dedent("""

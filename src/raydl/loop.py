@@ -288,7 +288,7 @@ def train_loop_per_worker(config: dict) -> None:
     if cfg.loader == "in_memory":
         shards = InMemoryShards(ray.get(cfg.splits), rank, world, t.seed, t.shuffle, device)
     else:
-        shards = RayDataShards(rank, t.seed, t.shuffle)
+        shards = RayDataShards(rank, t.seed, t.shuffle, cfg.scored)
     tracker = start_tracker(spec, cfg.run_dir, cfg.manifest, rank) if rank == 0 else None
     first_step_s, finite = None, FiniteCheck(device)
 
