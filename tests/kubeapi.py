@@ -101,7 +101,7 @@ class ApiServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _wait_ready(srv: ApiServer, log: Path, timeout: float = 90.0) -> None:
+def _wait_ready(srv: ApiServer, timeout: float = 90.0) -> None:
     import ssl
     import urllib.request
 
@@ -116,11 +116,24 @@ def _wait_ready(srv: ApiServer, log: Path, timeout: float = 90.0) -> None:
         except OSError:
             pass
         if any(p.poll() is not None for p in srv.procs) or time.monotonic() > deadline:
-            raise RuntimeError(f"kube-apiserver did not become ready:\n{log.read_text()[-3000:]}")
+            logs = "\n".join(f"{name}:\n{(srv.root / name).read_text()[-2000:]}" for name in ("etcd.log", "apiserver.log"))
+            raise RuntimeError(f"kube-apiserver did not become ready:\n{logs}")
         time.sleep(0.3)
 
 
 def start() -> ApiServer:
+    """etcd and kube-apiserver, ready, with the CRDs and overlays loaded. Two tries, each on fresh ports:
+    a port found free can be taken by another process (a Ray of a parallel test) before etcd binds it."""
+    for attempt in range(2):
+        try:
+            return _start()
+        except RuntimeError:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start() -> ApiServer:
     root = Path(tempfile.mkdtemp(prefix="raydl-kapi-"))
     srv = ApiServer(root)
     try:
@@ -146,7 +159,7 @@ def start() -> ApiServer:
              "--advertise-address=127.0.0.1", "--enable-priority-and-fairness=false"],
             stdout=api_log, stderr=subprocess.STDOUT))
         srv.url = f"https://127.0.0.1:{api}"
-        _wait_ready(srv, root / "apiserver.log")
+        _wait_ready(srv)
         _load_crds(srv)
         for team in ("team-a", "team-b"):
             apply(srv, render(K8S / "overlays" / team))
