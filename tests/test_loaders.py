@@ -196,6 +196,7 @@ def test_a_streamed_run_that_stops_early_is_not_held_by_the_epoch_fetched_ahead(
     assert extras and all(k.startswith("ewc.fisher.") for k in extras)
     assert all(torch.isfinite(v).all() and float(v.sum()) > 0 for v in extras.values())
 
+
 def test_a_streamed_runs_scored_splits_are_opened_in_its_first_epoch(ray_local, tmp_path):
     """Ray Train makes a split's coordinator (an actor, a new process) when the workers first ask for
     the split. Validation and test, scored at the end, are asked for as the first train rows arrive:
