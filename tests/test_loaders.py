@@ -217,6 +217,37 @@ def test_a_streamed_runs_scored_splits_are_opened_in_its_first_epoch(ray_local, 
     assert seen[0] == made
 
 
+def test_prepared_splits_become_ray_datasets_of_their_blocks_without_a_ray_task(ray_local):
+    """`to_ray_dataset` builds a split's dataset in the driver. Ray Data's `from_arrow` runs a task per
+    block to read its size and schema, which on a fresh Ray took 3 s of a streamed CNN's start. With
+    every CPU taken, no task can run: the dataset is still made, with its blocks, rows and image column."""
+    import ray
+
+    from raydl.data import Split, to_ray_dataset
+
+    @ray.remote(num_cpus=ray.available_resources().get("CPU", 0))
+    class Hold:  # every free CPU of the shared Ray, until killed
+        def ready(self) -> bool:
+            return True
+
+    hold = Hold.remote()
+    ray.get(hold.ready.remote())
+    made: dict = {}
+    split = Split({"x": np.arange(5 * 64, dtype=np.float32).reshape(5, 1, 8, 8), "y": np.arange(5)})
+    th = threading.Thread(target=lambda: made.update(ds=to_ray_dataset(split, num_blocks=2)), daemon=True)
+    th.start()
+    th.join(30)
+    done = not th.is_alive()
+    ray.kill(hold)  # a task-bound build can now finish
+    th.join(60)
+    assert done  # made while no task could run
+    ds = made["ds"]
+    assert ds.num_blocks() == 2 and ds.count() == 5
+    rows = ds.take_all()
+    assert [r["y"] for r in rows] == list(range(5)) and rows[3]["x"].shape == (1, 8, 8)
+    assert float(rows[3]["x"][0, 0, 0]) == 3 * 64
+
+
 # ---- the driver's memory ----------------------------------------------------------------------
 
 DRIVER = textwrap.dedent("""

@@ -308,7 +308,9 @@ def prepare_arrays(spec: DataSpec, data: Arrays, builtin: Builtin, min_train_row
 
 
 def to_ray_dataset(split: Split, num_blocks: int = 1):
-    """A Ray Data dataset with the split's columns (tensor columns beyond one axis), in `num_blocks` blocks."""
+    """A Ray Data dataset with the split's columns (tensor columns beyond one axis), in `num_blocks` blocks.
+    Built with `from_blocks`, which reads each block's size and schema here: `from_arrow` runs a Ray task per
+    block for them, and on a fresh Ray that took 3 s of a streamed digits CNN's start (bench/RESULTS.md, 2026-12-06)."""
     import ray.data
     from ray.data.extensions import ArrowTensorArray
 
@@ -322,4 +324,4 @@ def to_ray_dataset(split: Split, num_blocks: int = 1):
         for a, b in zip(bounds[:-1], bounds[1:])
         if b > a
     ]
-    return ray.data.from_arrow(tables)
+    return ray.data.from_blocks(tables)
