@@ -31,6 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 DIGITS = str(REPO / "configs" / "digits_mlp.yaml")
 
 
+def actors_of(cls: str) -> list[str]:
+    """Ids of the actors of class `cls` that the connected Ray has started, alive or not."""
+    import ray._private.state
+
+    return [i for i, a in ray._private.state.actors().items() if a["ActorClassName"] == cls]
+
+
 def free_port() -> int:
     return free_ports(1)[0]
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from clusters import actors_of
 
 from raydl import split
 from raydl.data import prepare
@@ -202,10 +203,8 @@ def test_a_streamed_runs_scored_splits_are_opened_in_its_first_epoch(ray_local, 
     the split. Validation and test, scored at the end, are asked for as the first train rows arrive:
     by the driver's first epoch report, every coordinator of the run has been made, test's included
     (it used to be made as the run ended, 1.4 s of its end)."""
-    import ray._private.state
-
     def coordinators() -> set[str]:
-        return {i for i, a in ray._private.state.actors().items() if a["ActorClassName"] == "SplitCoordinator"}
+        return set(actors_of("SplitCoordinator"))
 
     before, seen = coordinators(), []
     s = _spec(str(tmp_path / "runs"), "opened", _write_blobs(tmp_path / "blobs", 600, 4), "ray_data", 2, 32).model_dump()

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from clusters import ray_env
+from clusters import actors_of, ray_env
 from ray import cloudpickle
 from ray.train.v2._internal.execution.callback import ControllerCallback
 
@@ -92,7 +92,7 @@ def test_a_runs_model_is_written_once_its_last_checkpoint_is_recorded_while_ray_
     from raydl.spec import load_spec
     from raydl.trainer import state_api_answers
 
-    cleaners, managers = len(_actors("PlacementGroupCleaner")), len(_actors("DatasetManager"))
+    cleaners, managers = len(actors_of("PlacementGroupCleaner")), len(actors_of("DatasetManager"))
     spec = load_spec(XOR, [f"run.storage_path={tmp_path / 'runs'}", "tracking=none", "training.epochs=2"])
     prepared = launch.resolve(spec)
     rdir = launch.run_dir(spec)
@@ -120,14 +120,8 @@ def test_a_runs_model_is_written_once_its_last_checkpoint_is_recorded_while_ray_
     # The shared Ray has no dashboard, so no state API: Ray Train's placement-group cleaner, which asks
     # it, was not started (`raydl.trainer`); nor, for a run without Ray Data datasets, its dataset manager.
     assert not state_api_answers()
-    assert len(_actors("PlacementGroupCleaner")) == cleaners
-    assert len(_actors("DatasetManager")) == managers
+    assert len(actors_of("PlacementGroupCleaner")) == cleaners
+    assert len(actors_of("DatasetManager")) == managers
     # Nor did the run ask Ray Data's autoscaling coordinator for its workers' resources.
     assert held.read_text() in ("no coordinator", "{}")
 
-
-def _actors(cls: str) -> list[str]:
-    """Actors of class `cls` the shared Ray has started, alive or not."""
-    import ray._private.state
-
-    return [i for i, a in ray._private.state.actors().items() if a["ActorClassName"] == cls]

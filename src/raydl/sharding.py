@@ -120,7 +120,8 @@ class RayDataShards:
             ahead = None
         for chunk in ahead if ahead is not None else self._chunks(epoch, batch_size):
             cols = _tensors(chunk)
-            self._open()
+            if self.unopened:
+                self._open()
             n = len(next(iter(cols.values())))
             for i in range(0, n, batch_size):
                 yield {c: a[i : i + batch_size] for c, a in cols.items()}
