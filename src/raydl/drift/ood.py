@@ -109,7 +109,7 @@ class ModelScorer:
         return list(self.model.features)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.logits(np.asarray(x, dtype=np.float32)))
+        return np.asarray(self.model.logits(np.asarray(x)))  # scaled in float64 (`Preprocessing.transform`), then float32
 
 
 def load_model_dir(path: str | Path) -> Any:

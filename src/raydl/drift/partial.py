@@ -304,9 +304,11 @@ def residual_map(pca: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def standardise(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """(x - mean) / scale with NaN replaced by 0 (the reference mean)."""
-    z = (x - mean) / scale
-    return np.where(np.isnan(z), 0.0, z)
+    """(x - mean) / scale with NaN replaced by 0 (the reference mean): one new array, the rest in place."""
+    z = x - mean
+    z /= scale
+    z[np.isnan(z)] = 0.0
+    return z
 
 
 MergeFn = Callable[[Any, Any], Any]

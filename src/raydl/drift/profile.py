@@ -179,9 +179,10 @@ def _fit_pca(sample: np.ndarray, names: list[str], mean, scale, s: ProfileSettin
         return None
     rng = np.random.default_rng(s.seed)
     order = rng.permutation(n)
-    z = standardise(sample, mean, scale)
-    fit, hold = z[order[n_hold:]], z[order[:n_hold]]
-    del z  # the driver's peak memory while profiling a streamed source (#7): one copy of the sample fewer
+    # Each part standardised from its own rows: one standardised copy of the sample, not two (the
+    # driver's peak memory while profiling a streamed source, #7).
+    fit = standardise(sample[order[n_hold:]], mean, scale)
+    hold = standardise(sample[order[:n_hold]], mean, scale)
     components, center, ratio = stats.fit_pca(fit, s.variance_share)
     err = stats.reconstruction_errors(hold, components, center)
     edges = stats.quantile_edges(err, s.score_bins)
@@ -342,8 +343,10 @@ def finish_profile(
     }
     if model is not None:
         idx = [numeric.index(f) for f in model_feats]
-        sample = rows[:, idx]
-        sample = sample[~np.isnan(sample).any(axis=1)]
+        sample = rows if idx == list(range(rows.shape[1])) else rows[:, idx]  # no copy when the model reads every feature
+        missing = np.isnan(sample).any(axis=1)
+        if missing.any():
+            sample = sample[~missing]
         doc["model"] = _score_profile(model, model_feats, sample, s)
         doc["model"]["dir"] = model_dir
     return Profile(doc)
