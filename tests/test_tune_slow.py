@@ -103,10 +103,13 @@ def test_trials_stopped_mid_run_hand_their_actor_to_the_next(tmp_path, ray_local
 
 @pytest.mark.bar
 def test_pbt_continues_from_the_parents_checkpoint(tmp_path, ray_local):
+    # 6 epochs: Tune's exploit reaches a trial while its Train workers go on training (they do not
+    # wait for Tune between epochs), so a trial of 3 short epochs often finished before any exploit
+    # was applied (the test failed 2 of 4 runs on 2026-12-06; every 6-epoch run exploited).
     p = write_spec(tmp_path, "pbt", {"space": {"optimizer.lr": {"grid": [GOOD, BAD]}},
                                      "scheduler": {"name": "pbt", "perturbation_interval": 1, "mutations": ["optimizer.lr"],
                                                    "quantile_fraction": 0.5, "resample_probability": 1.0}},
-                   epochs=3)
+                   epochs=6)
     # a grid key cannot be mutated; the mutation samples from the space: make it a choice
     raw = yaml.safe_load(p.read_text())
     raw["tune"]["space"] = {"optimizer.lr": {"choice": [GOOD, BAD]}}
