@@ -15,18 +15,19 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 # ---- how the README's `-n 2 --dist loadfile` deals the files out to its two workers ----------
 
-# The longest files first (seconds of test time on 2 cores, suite run of 2026-12-04 23:05), so that
-# the run ends on short files and neither worker idles while the other finishes a long one. xdist's
-# own order (most tests first) dealt these, each a few minutes-long Ray Train runs, out last. Alone
-# on the machine: 957 and 967 s (1802 busy CPU-seconds) in this order, 1008 s (1843) in xdist's
-# (bench/RESULTS.md). A file not listed keeps its place after them; a stale list costs time, not a test.
+# The longest files first (seconds of test time on 2 cores, suite run of 2026-12-06 04:40, `bar` tests
+# included), so that the run ends on short files and neither worker idles while the other finishes a
+# long one. xdist's own order (most tests first) dealt these, each a few minutes-long Ray Train runs,
+# out last. Alone on the machine: 957 and 967 s (1802 busy CPU-seconds) in this order, 1008 s (1843) in
+# xdist's, without the `bar` tests (bench/RESULTS.md); 1254 s with them. A file not listed keeps its
+# place after them; a stale list costs time, not a test.
 LONGEST_FIRST = (
-    "multinode",  # 229: the two-node cluster's package, dealt out whole (below)
-    "test_concurrency.py", "test_s3_runs.py", "test_zoo_seq_ddp.py", "test_continual_run.py",  # 121-133
-    "test_configs.py", "test_loaders.py", "test_zoo_vision_slow.py", "test_gateway_cluster.py",  # 88-114
-    "test_pipeline_e2e.py", "test_jobs.py", "test_calibration_trained.py", "test_local_cluster.py",  # 59-64
-    "test_ddp.py", "test_tune_slow.py", "test_hardening.py", "test_cli.py", "test_continual_agem.py",  # 40-55
-    "test_continual_hooks.py", "test_storage.py", "test_tracking.py", "test_ray_engine.py",  # 30-35
+    "test_loaders.py", "test_continual_run.py", "test_tune_slow.py", "multinode",  # 208-369 with their bars
+    "test_concurrency.py", "test_zoo_metric_slow.py", "test_hardening.py", "test_configs.py",  # 82-111
+    "test_gateway_cluster.py", "test_zoo_vision_slow.py", "test_s3_runs.py", "test_local_cluster.py",  # 68-73
+    "test_source.py", "test_zoo_seq_ddp.py", "test_pipeline_crash.py", "test_jobs.py", "test_ddp.py",  # 51-62
+    "test_continual_hooks.py", "test_warm.py", "test_ray_engine.py", "test_calibration_trained.py",  # 34-36
+    "test_continual_agem.py", "test_cli.py", "test_session.py", "test_pipeline_e2e.py",  # 26-33
 )
 # Packages whose files one worker runs back to back, for a package-scoped fixture they share.
 WHOLE_PACKAGES = ("tests/multinode",)
