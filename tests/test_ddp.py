@@ -69,10 +69,11 @@ def test_two_workers_match_one_worker_with_double_batch(ray_local, storage):
 
 @pytest.mark.slow
 def test_batchnorm_with_uneven_validation_batches_does_not_hang(ray_local, storage):
-    # 12000 rows -> 2400 validation rows in 1024-row batches: rank 0 holds two, rank 1 one.
+    # 9984 rows -> 2049 validation rows; each rank's part in 1024-row batches: rank 0 holds 1024
+    # rows (one batch), rank 1 1025 (two).
     spec = JobSpec.model_validate({
         "run": {"name": "bn-uneven", "storage_path": storage},
-        "data": {"source": "xor", "n_samples": 12000, "loader": "ray_data"},
+        "data": {"source": "xor", "n_samples": 9984, "loader": "ray_data"},
         "model": {"name": "mlp", "hidden": [16], "norm": "batch"},
         "training": {"epochs": 1, "batch_size": 256},
         "scaling": {"num_workers": 2},

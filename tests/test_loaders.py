@@ -3,7 +3,9 @@
 - in memory (`raydl.data.prepare`, object store) and streamed from the files by Ray Data
   (`raydl.source`) give the same split, the same statistics and, trained the same way, the same
   weights and metrics;
-- synchronous data parallelism holds on the streamed path (2 workers x B == 1 worker x 2B);
+- synchronous data parallelism holds on the streamed path (2 workers x B == 1 worker x 2B), both
+  for splits read from their cached blocks (`sharding.Blocks`) and for splits streamed through
+  `streaming_split`;
 - training from a Parquet source four times larger than a memory budget keeps the driver's peak
   memory growth inside that budget, where the in-memory path exceeds it before training starts.
 """
@@ -29,7 +31,7 @@ from raydl.data import prepare
 from raydl.ingest import Streamed
 from raydl.launch import resolve, train
 from raydl.loop import STATE_FILE
-from raydl.sharding import Ahead
+from raydl.sharding import Ahead, Blocks
 from raydl.spec import JobSpec
 
 
@@ -94,9 +96,10 @@ def test_both_loaders_split_and_scale_identically(ray_local, tmp_path):
 
 def test_a_streamed_run_caches_train_and_validation_when_they_fit(ray_local, tmp_path, monkeypatch):
     """Ray's advice for data that fits in the object store: compute it once. The cached splits hold
-    the same rows as the streamed ones and are iterated without the files (moved away below); the
-    train split still changes order every epoch (its 12 blocks, one per file), and a rebuilt
-    dataset repeats the same orders (seeded). One epoch, or splits over the budget: no cache."""
+    the same rows as the streamed ones, in file order, and are read without the files (moved away
+    below); the train split's reader still changes the order every epoch (its 12 blocks, one per
+    file), and a rebuilt dataset repeats the same orders (seeded). One epoch, or splits over the
+    budget: no cache."""
     import shutil
 
     from raydl import ingest
@@ -115,6 +118,10 @@ def test_a_streamed_run_caches_train_and_validation_when_they_fit(ray_local, tmp
     def rows(ds) -> list[tuple]:
         return [tuple(np.round(r["x"], 5)) for r in ds.iter_rows()]
 
+    def read(blocks: Blocks, epoch: int) -> list[tuple]:
+        return [tuple(np.round(x, 5)) for rank in (0, 1)
+                for chunk in blocks.train_rows(rank, 2, 7, epoch, True, 64) for x in chunk["x"]]
+
     lazy = streamed.datasets(spec)
     want = {name: sorted(rows(lazy[name])) for name in ("train", "val")}
     ordered = streamed.datasets(spec)["val"]
@@ -123,28 +130,68 @@ def test_a_streamed_run_caches_train_and_validation_when_they_fit(ray_local, tmp
     cached = streamed.datasets(spec, cache=True)
     again = streamed.datasets(spec, cache=True)
     shutil.move(src, tmp_path / "moved")  # the cached splits no longer need the files
-    orders = [rows(cached["train"]) for _ in range(3)]
     assert rows(cached["val"]) == val_in_file_order  # the same rows, in file order
+    train_blocks = Blocks.of(cached["train"])
+    assert len(train_blocks.rows) == 12
+    orders = [read(train_blocks, epoch) for epoch in range(3)]
     for order in orders:
-        assert sorted(order) == want["train"]
+        assert len(order) == len(want["train"]) // 2 * 2 and set(order) <= set(want["train"])
     assert orders[0] != orders[1] != orders[2]  # 12 blocks: 12! orders, reseeded every epoch
-    assert [rows(again["train"]) for _ in range(3)] == orders
+    assert [read(Blocks.of(again["train"]), epoch) for epoch in range(3)] == orders
+
+
+def test_a_materialized_splits_blocks_give_each_rank_its_own_rows(ray_local):
+    """`sharding.Blocks`, the reader of a cached split: every epoch the ranks take equal, disjoint
+    runs of rows (up to world - 1 left out) in chunks of whole batches; the rows of an epoch are a
+    function of (seed, epoch, rank); without shuffling, epochs repeat in file order; each rank's part
+    of an evaluated split is in order, and the parts hold every row once."""
+    import ray
+
+    bounds = [0, 5, 45, 46, 90, 131]  # five blocks of unequal sizes
+    blocks = Blocks(tuple(ray.put(pa.table({"y": np.arange(a, b)})) for a, b in zip(bounds, bounds[1:])),
+                    tuple(b - a for a, b in zip(bounds, bounds[1:])))
+
+    def epoch(rank: int, world: int, e: int, shuffle: bool = True, batch: int = 8):
+        chunks = list(blocks.train_rows(rank, world, 3, e, shuffle, batch))
+        assert all(len(c["y"]) % batch == 0 for c in chunks[:-1])
+        return np.concatenate([c["y"] for c in chunks])
+
+    for world in (1, 2, 3):
+        ranks = [epoch(r, world, 0) for r in range(world)]
+        assert {len(r) for r in ranks} == {131 // world}
+        taken = np.concatenate(ranks)
+        assert len(set(taken)) == len(taken) and set(taken) <= set(range(131))  # disjoint
+    assert np.array_equal(epoch(1, 2, 4), epoch(1, 2, 4))  # seeded
+    assert not np.array_equal(epoch(1, 2, 4), epoch(1, 2, 5))  # a new order every epoch
+    assert not np.array_equal(np.sort(epoch(0, 2, 4)), np.sort(epoch(0, 2, 5)))  # and other rows per rank
+    assert np.array_equal(epoch(0, 2, 0, shuffle=False), np.arange(65))  # no shuffling: file order
+    assert np.array_equal(epoch(1, 2, 7, shuffle=False), np.arange(65, 130))
+    parts = [np.concatenate([c["y"] for c in blocks.part(r, 3, 16)]) for r in range(3)]
+    assert np.array_equal(np.concatenate(parts), np.arange(131)) and {len(p) for p in parts} == {43, 44}
+    assert all(len(c["y"]) % 16 == 0 for c in list(blocks.part(0, 3, 16))[:-1])  # whole batches across blocks
 
 
 @pytest.mark.slow
-def test_loaders_agree_and_streamed_ddp_matches_one_worker(ray_local, tmp_path):
+def test_loaders_agree_and_streamed_ddp_matches_one_worker(ray_local, tmp_path, monkeypatch):
+    from raydl import ingest
+
     storage = str(tmp_path / "runs")
     n = next(n for n in range(600, 700) if _even_train_rows(_write_blobs(tmp_path / f"b{n}", n, 5), 0) % 2 == 0)
     src = tmp_path / f"b{n}"
     n_train = _even_train_rows(src, 0)
     memory = train(_spec(storage, "mem-2", src, "in_memory", 2, n_train // 2))
-    streamed = train(_spec(storage, "stream-2", src, "ray_data", 2, n_train // 2))
+    streamed = train(_spec(storage, "stream-2", src, "ray_data", 2, n_train // 2))  # read from cached blocks
     one = train(_spec(storage, "stream-1", src, "ray_data", 1, n_train))
+    with monkeypatch.context() as m:  # no cache: every epoch through streaming_split
+        m.setattr(ingest, "CACHE_FRACTION", 1e-9)
+        uncached = train(_spec(storage, "uncached-2", src, "ray_data", 2, n_train // 2))
     assert memory.history[-1]["train_loss"] < memory.history[0]["train_loss"] - 0.01  # it learnt something
-    wm, w2, w1 = (_final_weights(storage, r) for r in ("mem-2", "stream-2", "stream-1"))
+    wm, w2, w1, wu = (_final_weights(storage, r) for r in ("mem-2", "stream-2", "stream-1", "uncached-2"))
     for k in wm:
         torch.testing.assert_close(w2[k], wm[k], atol=1e-5, rtol=0)  # the loaders agree
         torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=0)  # DDP on the streamed path
+        torch.testing.assert_close(wu[k], wm[k], atol=1e-5, rtol=0)  # and through streaming_split
+    assert uncached.metrics["test_accuracy"] == pytest.approx(memory.metrics["test_accuracy"], abs=1e-4)
     for metric in ("test_loss", "test_accuracy", "val_loss", "val_accuracy"):
         assert streamed.metrics[metric] == pytest.approx(memory.metrics[metric], abs=1e-4), metric
         assert streamed.metrics[metric] == pytest.approx(one.metrics[metric], abs=1e-4), metric
@@ -180,11 +227,15 @@ def test_an_epoch_fetched_ahead_yields_its_items_and_raises_where_it_is_iterated
         list(Ahead("k", broken()))
 
 
-def test_a_streamed_run_that_stops_early_is_not_held_by_the_epoch_fetched_ahead(ray_local, tmp_path):
-    """Each streamed epoch is fetched while the one before it validates. A run that stops early has
-    fetched an epoch it never trains; the final scoring and EWC's Fisher pass over the train split
-    (which starts the split anew, on every rank) still run. (Streamed with shuffling, which rank
-    gets which rows is Ray Data's choice, so the Fisher is not compared with another run's.)"""
+def test_a_streamed_run_that_stops_early_is_not_held_by_the_epoch_fetched_ahead(ray_local, tmp_path, monkeypatch):
+    """Each epoch streamed through `streaming_split` (splits too big to cache) is fetched while the
+    one before it validates. A run that stops early has fetched an epoch it never trains; the final
+    scoring and EWC's Fisher pass over the train split (which starts the split anew, on every rank)
+    still run. (Streamed with shuffling, which rank gets which rows is Ray Data's choice, so the
+    Fisher is not compared with another run's.)"""
+    from raydl import ingest
+
+    monkeypatch.setattr(ingest, "CACHE_FRACTION", 1e-9)
     storage = str(tmp_path / "runs")
     src = _write_blobs(tmp_path / "blobs", 600, 4)
     s = _spec(storage, "early", src, "ray_data", 2, 32).model_dump()
@@ -200,9 +251,9 @@ def test_a_streamed_run_that_stops_early_is_not_held_by_the_epoch_fetched_ahead(
 
 def test_a_streamed_runs_scored_splits_are_opened_in_its_first_epoch(ray_local, tmp_path):
     """Ray Train makes a split's coordinator (an actor, a new process) when the workers first ask for
-    the split. Validation and test, scored at the end, are asked for as the first train rows arrive:
-    by the driver's first epoch report, every coordinator of the run has been made, test's included
-    (it used to be made as the run ended, 1.4 s of its end)."""
+    the split. Test, scored at the end and not cached, is asked for as the first train rows arrive:
+    by the driver's first epoch report, its coordinator has been made (it used to be made as the run
+    ended, 1.4 s of its end). Train and validation, cached, are read from their blocks: no coordinator."""
     def coordinators() -> set[str]:
         return set(actors_of("SplitCoordinator"))
 
@@ -212,7 +263,7 @@ def test_a_streamed_runs_scored_splits_are_opened_in_its_first_epoch(ray_local, 
     run = train(JobSpec.model_validate(s), on_epoch=lambda m: seen.append(coordinators() - before))
     made = coordinators() - before
     assert run.metrics["status"] == "finished" and "test_accuracy" in run.metrics
-    assert len(made) == 3  # train, validation, test
+    assert len(made) == 1  # test's
     assert seen[0] == made
 
 

@@ -108,23 +108,20 @@ class Streamed:
         return self.stats.fingerprint
 
     def datasets(self, spec: JobSpec, cache: bool = False) -> dict:
-        """Lazy Ray Data datasets per split. With `cache`, the splits `cached_splits` names are
+        """Ray Data datasets per split, lazy. With `cache`, the splits `cached_splits` names are
         computed once into the object store (Ray's advice for data that fits there): later epochs
-        iterate those blocks instead of reading, decoding and splitting every file again. A cached
-        train split is still shuffled per epoch: its block order, seeded, changes with every epoch."""
+        read those blocks instead of reading, decoding and splitting every file again. A cached
+        train split is still shuffled per epoch, by its reader (`sharding.Blocks`): the blocks'
+        order, seeded, changes with every epoch."""
         d = spec.data
         cached = self.cached_splits(spec) if cache else ()
         shuffle = spec.training.shuffle
         parts = self.source.split_datasets(self.stats, d.seed, fractions(d), shuffle and "train" not in cached)
         for name in cached:
-            # Stored in file order, not in the order the reads finish (Ray Data's default): the seeded
-            # block order below is then a function of the seed alone.
+            # Stored in file order, not in the order the reads finish (Ray Data's default): the reader's
+            # seeded block order (`sharding.Blocks`) is then a function of the seed alone.
             parts[name].context.execution_options.preserve_order = True  # this dataset's own context
             parts[name] = parts[name].materialize()
-        if "train" in cached and shuffle:
-            from ray.data import RandomSeedConfig
-
-            parts["train"] = parts["train"].randomize_block_order(seed=RandomSeedConfig(d.seed, reseed_after_execution=True))
         return {k: v for k, v in parts.items() if k != "test" or self.stats.n_test}
 
     def cached_splits(self, spec: JobSpec) -> tuple[str, ...]:

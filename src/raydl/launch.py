@@ -237,26 +237,34 @@ class WorkerData:
 
     loader: str  # "in_memory" | "ray_data"
     splits: Any  # in_memory: an ObjectRef of {split: columns}
-    datasets: dict | None  # ray_data: Ray Data datasets per split
+    datasets: dict | None  # ray_data: the Ray Data datasets streamed through Ray Train, per split
     scored: tuple[str, ...]  # the splits scored at the end
+    blocks: dict | None = None  # ray_data: the materialized splits' blocks, per split (`sharding.Blocks`)
 
 
 def worker_data(spec: JobSpec, prepared: Prepared | Streamed, cache: bool = True) -> WorkerData:
     """`cache`: a streamed source's train and validation splits may be computed once into the
-    object store (`Streamed.datasets`); Tune's trials, which run side by side, each stream theirs."""
+    object store (`Streamed.datasets`); Tune's trials, which run side by side, each stream theirs.
+    Materialized splits reach the workers as their blocks; the others through Ray Train's `streaming_split`."""
     import ray
 
     if isinstance(prepared, Streamed):
         datasets = prepared.datasets(spec, cache=cache)
-        return WorkerData("ray_data", None, datasets, tuple(k for k in datasets if k != "train"))
-    loader = choose_loader(spec.data.loader, prepared.train.nbytes)
-    parts = {"train": prepared.train, "val": prepared.val, **({"test": prepared.test} if len(prepared.test) else {})}
-    scored = tuple(k for k in parts if k != "train")
-    if loader == "in_memory":
-        return WorkerData(loader, ray.put({k: p.cols for k, p in parts.items()}), None, scored)
-    blocks = spec.scaling.num_workers
-    return WorkerData(loader, None, {k: to_ray_dataset(p, num_blocks=(2 if k == "train" else 1) * blocks)
-                                     for k, p in parts.items()}, scored)
+        scored = tuple(k for k in datasets if k != "train")
+    else:
+        loader = choose_loader(spec.data.loader, prepared.train.nbytes)
+        parts = {"train": prepared.train, "val": prepared.val, **({"test": prepared.test} if len(prepared.test) else {})}
+        scored = tuple(k for k in parts if k != "train")
+        if loader == "in_memory":
+            return WorkerData(loader, ray.put({k: p.cols for k, p in parts.items()}), None, scored)
+        workers = spec.scaling.num_workers
+        datasets = {k: to_ray_dataset(p, num_blocks=(2 if k == "train" else 1) * workers) for k, p in parts.items()}
+    from ray.data.dataset import MaterializedDataset
+
+    from raydl.sharding import Blocks
+
+    blocks = {k: Blocks.of(ds) for k, ds in datasets.items() if isinstance(ds, MaterializedDataset)}
+    return WorkerData("ray_data", None, {k: ds for k, ds in datasets.items() if k not in blocks} or None, scored, blocks)
 
 
 def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData, man: dict, rdir: RunDir,
@@ -273,7 +281,7 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
     sc = spec.scaling
     resources = worker_need(sc)
     config = WorkerConfig(spec=spec, prep=prepared.prep, loader=data.loader, run_dir=rdir.wandb_dir(spec.run.name),
-                          manifest=man, launch_ts=launch_ts, scored=data.scored, splits=data.splits, progress=progress,
+                          manifest=man, launch_ts=launch_ts, scored=data.scored, splits=data.splits, blocks=data.blocks, progress=progress,
                           report_every_epoch=report_every_epoch, start_from=start_from)
     storage_path, storage_filesystem = rdir.ray_storage()
     return trainer_class()(

@@ -70,6 +70,7 @@ class WorkerConfig:
     launch_ts: float
     scored: tuple[str, ...] = ("val", "test")  # the splits scored at the end ("test" when it has rows)
     splits: Any = None  # in_memory: an ObjectRef of {"train"|"val"|"test": arrays}
+    blocks: dict | None = None  # ray_data: the materialized splits, {split: sharding.Blocks}
     progress: Any = None  # a ray.util.queue.Queue for the driver's progress line, or None
     report_every_epoch: bool = False  # report metrics to Ray Train every epoch (Ray Tune trials)
     start_from: str | None = None  # a checkpoint directory to start from when the run has none of its own
@@ -288,7 +289,7 @@ def train_loop_per_worker(config: dict) -> None:
     if cfg.loader == "in_memory":
         shards = InMemoryShards(ray.get(cfg.splits), rank, world, t.seed, t.shuffle, device)
     else:
-        shards = RayDataShards(rank, t.seed, t.shuffle, cfg.scored)
+        shards = RayDataShards(rank, world, t.seed, t.shuffle, cfg.scored, cfg.blocks)
     tracker = start_tracker(spec, cfg.run_dir, cfg.manifest, rank) if rank == 0 else None
     first_step_s, finite = None, FiniteCheck(device)
 

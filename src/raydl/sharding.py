@@ -1,6 +1,11 @@
 """How batches reach each worker: two interchangeable paths, chosen by the size of the data.
 
-- `ray_data`: Ray Data datasets handed to the trainer. The train split is streamed to the
+- `ray_data`: Ray Data datasets. A split that is materialized (computed into the object store:
+  a streamed source's cached train and validation splits, or arrays handed to Ray Data) reaches the
+  workers as its blocks (`Blocks`): each epoch every rank orders the blocks by a permutation seeded
+  by (seed, epoch), takes its own equal run of rows from them, and mixes its rows in windows of
+  `SHUFFLE_BUFFER_ROWS` seeded by (seed, epoch, rank); no Ray Data execution runs per epoch. A split
+  that is not materialized (data larger than the object store's cache share) is streamed to the
   workers with `streaming_split` (disjoint, equal row counts per rank each epoch); with shuffling
   on, the files are read in a new seeded order each epoch and each rank shuffles its rows in a
   buffer of `SHUFFLE_BUFFER_ROWS` seeded by (seed, epoch, rank); data larger than memory streams through.
@@ -18,6 +23,8 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,11 +93,94 @@ class InMemoryShards:
         pass
 
 
-class RayDataShards:
-    """This rank's Ray Data iterators: the train split (equal rows per rank), and its own part of
-    validation and test (see `IngestConfig`).
+@dataclass(frozen=True)
+class Blocks:
+    """A materialized Ray Data split as its blocks in the object store: their refs and row counts.
 
-    Each train epoch of a `streaming_split` starts at a barrier in Ray Data's split coordinator,
+    Read this way, an epoch is a few `ray.get`s (zero-copy on the block's node) instead of a Ray Data
+    execution per epoch per split behind `streaming_split`'s coordinator, whose start each epoch
+    (a barrier polled every 0.1 s, a new executor) cost the digits CNN 3-6 % of its samples/s
+    (bench/RESULTS.md, 2026-12-06)."""
+
+    refs: tuple[Any, ...]
+    rows: tuple[int, ...]
+
+    @classmethod
+    def of(cls, ds) -> Blocks:
+        """The blocks of `ds`, a `MaterializedDataset`, listed in the driver once."""
+        entries = [e for bundle in ds.iter_internal_ref_bundles() for e in bundle.blocks if e.metadata.num_rows]
+        return cls(tuple(e.ref for e in entries), tuple(int(e.metadata.num_rows) for e in entries))
+
+    @property
+    def n(self) -> int:
+        return sum(self.rows)
+
+    def read(self, order: np.ndarray, lo: int, hi: int) -> Iterator[dict[str, np.ndarray]]:
+        """Rows [lo, hi) of the blocks taken in `order`, as numpy columns, a block's piece at a time."""
+        import ray
+        from ray.data.block import BlockAccessor
+
+        start = 0
+        for i in order:
+            a, z = max(lo, start), min(hi, start + self.rows[i])
+            if a < z:
+                block = BlockAccessor.for_block(ray.get(self.refs[i])).slice(a - start, z - start, copy=False)
+                yield BlockAccessor.for_block(block).to_batch_format("numpy")
+            start += self.rows[i]
+            if start >= hi:
+                return
+
+    def train_rows(self, rank: int, world: int, seed: int, epoch: int, shuffle: bool, batch_size: int,
+                   ) -> Iterator[dict[str, np.ndarray]]:
+        """Rank `rank`'s rows of `epoch`, equal counts per rank (up to world - 1 rows left out, as
+        `streaming_split(equal=True)` does), in chunks of whole batches but the last. With `shuffle`,
+        the blocks' order is a permutation seeded by (seed, epoch) and the rank's rows are mixed in
+        windows of at least `SHUFFLE_BUFFER_ROWS`, seeded by (seed, epoch, rank): the same rows in the
+        same order for the same seeds, whichever rank asks first (a resumed run replays its epochs)."""
+        per = self.n // world
+        order = epoch_order(len(self.rows), seed, epoch, shuffle)
+        rng = np.random.default_rng([seed, epoch, rank]) if shuffle else None
+        return _windows(self.read(order, rank * per, (rank + 1) * per), batch_size,
+                        max(4 * batch_size, SHUFFLE_BUFFER_ROWS), rng)
+
+    def part(self, rank: int, world: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Rank `rank`'s part of the split in order, in batches (sizes differ by at most a row: every row once)."""
+        bounds = np.linspace(0, self.n, world + 1).astype(int)
+        return _windows(self.read(np.arange(len(self.rows)), int(bounds[rank]), int(bounds[rank + 1])),
+                        batch_size, batch_size, None)
+
+
+def _windows(pieces: Iterator[dict[str, np.ndarray]], batch_size: int, least: int,
+             rng: np.random.Generator | None) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of `pieces` in chunks of whole batches but the last: pieces are gathered until at
+    least `least` rows are held, mixed by `rng` (if any), and the whole batches among them yielded."""
+    window, held = [], 0
+    for piece in pieces:
+        window.append(piece)
+        held += len(next(iter(piece.values())))
+        if held >= least:
+            cols = _mixed(window, rng)
+            keep = held // batch_size * batch_size
+            yield {c: a[:keep] for c, a in cols.items()}
+            window, held = [{c: a[keep:] for c, a in cols.items()}], held - keep
+    if held:
+        yield _mixed(window, rng)
+
+
+def _mixed(pieces: list[dict[str, np.ndarray]], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    cols = pieces[0] if len(pieces) == 1 else {c: np.concatenate([p[c] for p in pieces]) for c in pieces[0]}
+    if rng is None:
+        return cols
+    perm = rng.permutation(len(next(iter(cols.values()))))
+    return {c: a[perm] for c, a in cols.items()}
+
+
+class RayDataShards:
+    """This rank's Ray Data splits: the train split (equal rows per rank), and its own part of
+    validation and test. A materialized split is read from its `blocks`; the others through Ray
+    Train's dataset shards (see `IngestConfig`).
+
+    Each streamed train epoch of a `streaming_split` starts at a barrier in Ray Data's split coordinator,
     which polls every 0.1 s, and then builds a new executor: the rank that arrives first waits out a
     poll, about 0.1 s an epoch (0.38 s against 0.26 s in memory on the digits CNN's epochs). So when
     an epoch is used up and another follows, the next one is asked for at once, in a thread
@@ -103,29 +193,34 @@ class RayDataShards:
     train rows arrive, so that their coordinators start during the first epoch, not when the run
     ends: test's took 1.4 s of a digits CNN's end of run on Ray Data (bench/RESULTS.md, 2026-12-06)."""
 
-    def __init__(self, rank: int, seed: int, shuffle: bool, scored: tuple[str, ...] = ()) -> None:
-        self.rank, self.seed, self.shuffle = rank, seed, shuffle
+    def __init__(self, rank: int, world: int, seed: int, shuffle: bool, scored: tuple[str, ...] = (),
+                 blocks: dict[str, Blocks] | None = None) -> None:
+        self.rank, self.world, self.seed, self.shuffle = rank, world, seed, shuffle
+        self.blocks = blocks or {}
         self.ahead: Ahead | None = None
-        self.unopened = scored
+        self.unopened = tuple(s for s in scored if s not in self.blocks)
 
     def train(self, epoch: int, batch_size: int, next_epoch: int | None = None) -> Iterator[Cols]:
-        """Batches of `batch_size` cut from chunks of about `CHUNK_ROWS` rows: Ray Data's iterator
-        costs about as much per batch as a small model's step, so it is asked for fewer, larger
-        batches (its shuffle buffer yields consecutive slices of one seeded permutation, so the rows
-        mix as before), and numpy columns become tensors without a copy. `next_epoch`: the epoch
-        that will be asked for next, fetched once this one is used up."""
+        """Batches of `batch_size`, from the split's blocks when it is cached (`Blocks.train_rows`),
+        else cut from chunks of about `CHUNK_ROWS` rows: Ray Data's iterator costs about as much per
+        batch as a small model's step, so it is asked for fewer, larger batches (its shuffle buffer
+        yields consecutive slices of one seeded permutation, so the rows mix as before), and numpy
+        columns become tensors without a copy. `next_epoch`: the epoch that will be asked for next,
+        fetched once this one is used up (streamed splits only)."""
+        cached = "train" in self.blocks
         ahead, self.ahead = self.ahead, None
         if ahead is not None and ahead.key != (epoch, batch_size):
             ahead.close()  # asked for an epoch that did not come (an early stop): every rank does the same
             ahead = None
-        for chunk in ahead if ahead is not None else self._chunks(epoch, batch_size):
-            cols = _tensors(chunk)
+        if cached:
+            chunks = self.blocks["train"].train_rows(self.rank, self.world, self.seed, epoch, self.shuffle, batch_size)
+        else:
+            chunks = ahead if ahead is not None else self._chunks(epoch, batch_size)
+        for batch in _batches(chunks, batch_size):
             if self.unopened:
                 self._open()
-            n = len(next(iter(cols.values())))
-            for i in range(0, n, batch_size):
-                yield {c: a[i : i + batch_size] for c, a in cols.items()}
-        if next_epoch is not None:
+            yield batch
+        if next_epoch is not None and not cached:
             self.ahead = Ahead((next_epoch, batch_size), self._chunks(next_epoch, batch_size))
 
     def _open(self) -> None:
@@ -148,6 +243,9 @@ class RayDataShards:
     def eval(self, split: str, batch_size: int = 1024) -> Iterator[Cols]:
         import ray.train
 
+        if split in self.blocks:
+            yield from _batches(self.blocks[split].part(self.rank, self.world, batch_size), batch_size)
+            return
         yield from ray.train.get_dataset_shard(split).iter_torch_batches(batch_size=batch_size)
 
     def close(self) -> None:
@@ -186,6 +284,15 @@ class Ahead:
         close = getattr(self.it, "close", None)
         if close is not None:
             close()
+
+
+def _batches(chunks: Iterator[dict[str, np.ndarray]], batch_size: int) -> Iterator[Cols]:
+    """Batches of `batch_size` rows cut from each chunk (tensors sharing the chunk's memory)."""
+    for chunk in chunks:
+        cols = _tensors(chunk)
+        n = len(next(iter(cols.values())))
+        for i in range(0, n, batch_size):
+            yield {c: a[i : i + batch_size] for c, a in cols.items()}
 
 
 def _tensors(batch: dict[str, np.ndarray]) -> Cols:
