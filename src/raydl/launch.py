@@ -281,8 +281,8 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
     sc = spec.scaling
     resources = worker_need(sc)
     config = WorkerConfig(spec=spec, prep=prepared.prep, loader=data.loader, run_dir=rdir.wandb_dir(spec.run.name),
-                          manifest=man, launch_ts=launch_ts, scored=data.scored, splits=data.splits, blocks=data.blocks, progress=progress,
-                          report_every_epoch=report_every_epoch, start_from=start_from)
+                          manifest=man, launch_ts=launch_ts, scored=data.scored, splits=data.splits, blocks=data.blocks,
+                          progress=progress, report_every_epoch=report_every_epoch, start_from=start_from)
     storage_path, storage_filesystem = rdir.ray_storage()
     return trainer_class()(
         train_loop_per_worker,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,20 +208,25 @@ class RayDataShards:
         columns become tensors without a copy. `next_epoch`: the epoch that will be asked for next,
         fetched once this one is used up (streamed splits only)."""
         cached = "train" in self.blocks
-        ahead, self.ahead = self.ahead, None
-        if ahead is not None and ahead.key != (epoch, batch_size):
-            ahead.close()  # asked for an epoch that did not come (an early stop): every rank does the same
-            ahead = None
         if cached:
             chunks = self.blocks["train"].train_rows(self.rank, self.world, self.seed, epoch, self.shuffle, batch_size)
         else:
-            chunks = ahead if ahead is not None else self._chunks(epoch, batch_size)
+            chunks = self._streamed(epoch, batch_size)
         for batch in _batches(chunks, batch_size):
             if self.unopened:
                 self._open()
             yield batch
         if next_epoch is not None and not cached:
             self.ahead = Ahead((next_epoch, batch_size), self._chunks(next_epoch, batch_size))
+
+    def _streamed(self, epoch: int, batch_size: int) -> Iterable[dict[str, np.ndarray]]:
+        """The streamed epoch's chunks: the epoch fetched ahead when it is the one asked for."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and ahead.key == (epoch, batch_size):
+            return ahead
+        if ahead is not None:
+            ahead.close()  # asked for an epoch that did not come (an early stop): every rank does the same
+        return self._chunks(epoch, batch_size)
 
     def _open(self) -> None:
         """Ask for the splits not asked for yet (a barrier across ranks: every rank gets here alike)."""
@@ -286,7 +291,7 @@ class Ahead:
             close()
 
 
-def _batches(chunks: Iterator[dict[str, np.ndarray]], batch_size: int) -> Iterator[Cols]:
+def _batches(chunks: Iterable[dict[str, np.ndarray]], batch_size: int) -> Iterator[Cols]:
     """Batches of `batch_size` rows cut from each chunk (tensors sharing the chunk's memory)."""
     for chunk in chunks:
         cols = _tensors(chunk)
