@@ -267,13 +267,15 @@ def test_a_streamed_runs_scored_splits_are_opened_in_its_first_epoch(ray_local, 
     assert seen[0] == made
 
 
-def test_prepared_splits_become_ray_datasets_of_their_blocks_without_a_ray_task(ray_local):
-    """`to_ray_dataset` builds a split's dataset in the driver. Ray Data's `from_arrow` runs a task per
-    block to read its size and schema, which on a fresh Ray took 3 s of a streamed CNN's start. With
-    every CPU taken, no task can run: the dataset is still made, with its blocks, rows and image column."""
+def test_prepared_splits_become_blocks_without_a_ray_task(ray_local):
+    """A split prepared in the driver reaches `ray_data` workers as Arrow blocks put into the object
+    store in the driver. Ray Data's `from_arrow` ran a task per block to read its size and schema (3 s
+    of a streamed CNN's start on a fresh Ray). With every CPU taken, no task can run: the blocks are
+    still made, with their rows in order and the image column's shape."""
     import ray
 
-    from raydl.data import Split, to_ray_dataset
+    from raydl.data import Split, arrow_blocks
+    from raydl.sharding import Blocks
 
     @ray.remote(num_cpus=ray.available_resources().get("CPU", 0))
     class Hold:  # every free CPU of the shared Ray, until killed
@@ -284,18 +286,19 @@ def test_prepared_splits_become_ray_datasets_of_their_blocks_without_a_ray_task(
     ray.get(hold.ready.remote())
     made: dict = {}
     split = Split({"x": np.arange(5 * 64, dtype=np.float32).reshape(5, 1, 8, 8), "y": np.arange(5)})
-    th = threading.Thread(target=lambda: made.update(ds=to_ray_dataset(split, num_blocks=2)), daemon=True)
+    th = threading.Thread(target=lambda: made.update(b=Blocks.put(arrow_blocks(split, num_blocks=2))), daemon=True)
     th.start()
     th.join(30)
     done = not th.is_alive()
     ray.kill(hold)  # a task-bound build can now finish
     th.join(60)
     assert done  # made while no task could run
-    ds = made["ds"]
-    assert ds.num_blocks() == 2 and ds.count() == 5
-    rows = ds.take_all()
-    assert [r["y"] for r in rows] == list(range(5)) and rows[3]["x"].shape == (1, 8, 8)
-    assert float(rows[3]["x"][0, 0, 0]) == 3 * 64
+    blocks = made["b"]
+    assert blocks.rows == (2, 3) and blocks.n == 5
+    parts = list(blocks.read(np.arange(2), 0, 5))
+    assert np.concatenate([p["y"] for p in parts]).tolist() == list(range(5))
+    x = np.concatenate([p["x"] for p in parts])
+    assert x.shape == (5, 1, 8, 8) and float(x[3, 0, 0, 0]) == 3 * 64
 
 
 # ---- the driver's memory ----------------------------------------------------------------------

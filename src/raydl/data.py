@@ -309,11 +309,9 @@ def prepare_arrays(spec: DataSpec, data: Arrays, builtin: Builtin, min_train_row
     return Prepared(part_of(tr), part_of(va), part_of(te), prep, h.hexdigest()[:16], None)
 
 
-def to_ray_dataset(split: Split, num_blocks: int = 1):
-    """A Ray Data dataset with the split's columns (tensor columns beyond one axis), in `num_blocks` blocks.
-    Built with `from_blocks`, which reads each block's size and schema here: `from_arrow` runs a Ray task per
-    block for them, and on a fresh Ray that took 3 s of a streamed digits CNN's start (bench/RESULTS.md, 2026-12-06)."""
-    import ray.data
+def arrow_blocks(split: Split, num_blocks: int = 1) -> list[pa.Table]:
+    """The split's columns as `num_blocks` Arrow tables of consecutive rows, in Ray Data's block format
+    (tensor columns beyond one axis), for `raydl.sharding.Blocks.put`."""
     from ray.data.extensions import ArrowTensorArray
 
     def column(a: np.ndarray):
@@ -321,9 +319,8 @@ def to_ray_dataset(split: Split, num_blocks: int = 1):
 
     n = len(split)
     bounds = np.linspace(0, n, num=max(1, min(num_blocks, n)) + 1, dtype=int)
-    tables = [
+    return [
         pa.table({k: column(v[a:b]) for k, v in split.cols.items()})
         for a, b in zip(bounds[:-1], bounds[1:])
         if b > a
     ]
-    return ray.data.from_blocks(tables)

@@ -25,7 +25,7 @@ from raydl import finetune
 from raydl.batches import build_kind, to_device
 from raydl.capacity import worker_need
 from raydl.continual import EXTRAS
-from raydl.data import Prepared, prepare, to_ray_dataset
+from raydl.data import Prepared, arrow_blocks, prepare
 from raydl.errors import SpecError, TrainingDiverged
 from raydl.ingest import Streamed, plan
 from raydl.model_dir import (
@@ -42,7 +42,7 @@ from raydl.record import EarlyFinish, prune_unrecorded, salvage
 from raydl.runlock import RunLock, lock_path
 from raydl.runs import RunDir, check_storage
 from raydl.session import check_address, check_resources, embedded_cpus, ray_session
-from raydl.sharding import choose_loader
+from raydl.sharding import Blocks, choose_loader
 from raydl.spec import JobSpec, spec_to_yaml
 from raydl.tasks import build_task, run_metrics
 
@@ -257,11 +257,9 @@ def worker_data(spec: JobSpec, prepared: Prepared | Streamed, cache: bool = True
         scored = tuple(k for k in parts if k != "train")
         if loader == "in_memory":
             return WorkerData(loader, ray.put({k: p.cols for k, p in parts.items()}), None, scored)
-        workers = spec.scaling.num_workers
-        datasets = {k: to_ray_dataset(p, num_blocks=(2 if k == "train" else 1) * workers) for k, p in parts.items()}
+        per = {k: (2 if k == "train" else 1) * spec.scaling.num_workers for k in parts}
+        return WorkerData(loader, None, None, scored, {k: Blocks.put(arrow_blocks(p, per[k])) for k, p in parts.items()})
     from ray.data.dataset import MaterializedDataset
-
-    from raydl.sharding import Blocks
 
     blocks = {k: Blocks.of(ds) for k, ds in datasets.items() if isinstance(ds, MaterializedDataset)}
     return WorkerData("ray_data", None, {k: ds for k, ds in datasets.items() if k not in blocks} or None, scored, blocks)

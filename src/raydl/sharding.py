@@ -1,7 +1,8 @@
 """How batches reach each worker: two interchangeable paths, chosen by the size of the data.
 
 - `ray_data`: Ray Data datasets. A split that is materialized (computed into the object store:
-  a streamed source's cached train and validation splits, or arrays handed to Ray Data) reaches the
+  a streamed source's cached train and validation splits, or arrays prepared in the driver and put
+  there as Arrow blocks) reaches the
   workers as its blocks (`Blocks`): each epoch every rank orders the blocks by a permutation seeded
   by (seed, epoch), takes its own equal run of rows from them, and mixes its rows in windows of
   `SHUFFLE_BUFFER_ROWS` seeded by (seed, epoch, rank); no Ray Data execution runs per epoch. A split
@@ -110,6 +111,18 @@ class Blocks:
         """The blocks of `ds`, a `MaterializedDataset`, listed in the driver once."""
         entries = [e for bundle in ds.iter_internal_ref_bundles() for e in bundle.blocks if e.metadata.num_rows]
         return cls(tuple(e.ref for e in entries), tuple(int(e.metadata.num_rows) for e in entries))
+
+    @classmethod
+    def put(cls, tables: list) -> Blocks:
+        """Arrow tables made in the driver (`raydl.data.arrow_blocks`), put into the object store here,
+        as `ray.data.from_blocks` does. Listing the blocks of a dataset made that way ran a Ray Data
+        execution in the driver, which started Ray Data's stats actor and autoscaling coordinator: two
+        processes, 2 CPU-seconds and 1 s of the digits CNN's first step on 2 cores (bench/RESULTS.md,
+        2026-12-06). No Ray task runs here either."""
+        import ray
+
+        tables = [t for t in tables if t.num_rows]
+        return cls(tuple(ray.put(t) for t in tables), tuple(t.num_rows for t in tables))
 
     @property
     def n(self) -> int:
