@@ -38,6 +38,7 @@ from raydl.model_dir import (
 )
 from raydl.models import build_model
 from raydl.optim import OPTIMIZERS
+from raydl.progress import Progress
 from raydl.record import EarlyFinish, prune_unrecorded, salvage
 from raydl.runlock import RunLock, lock_path
 from raydl.runs import RunDir, check_storage
@@ -147,26 +148,6 @@ def _check_output(spec: JobSpec, model, kind, task, sample: dict) -> None:
         raise SpecError(f"model: {spec.model.name} cannot run on this data (inputs of shape {kind.shape}): {first}") from None
     if check is not None:
         check(tuple(out.shape))
-
-
-def _progress_pump(queue, on_epoch: Callable[[dict], None]) -> threading.Thread:
-    """Hand the workers' per-epoch metrics to `on_epoch` until the driver puts None (after fit).
-    One blocking get per item: a get that times out raises in the queue actor, and polling twice a
-    second kept that actor at 1-2 % of a core through training (2 cores, `bench/RESULTS.md` #14)."""
-
-    def pump() -> None:
-        while True:
-            try:
-                item = queue.get()
-            except Exception:  # the queue actor went away (Ray shut down)
-                return
-            if item is None:
-                return
-            on_epoch(item)
-
-    th = threading.Thread(target=pump, daemon=True)
-    th.start()
-    return th
 
 
 def run_dir(spec: JobSpec) -> RunDir:
@@ -300,13 +281,9 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
 
 def _fit(spec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, launch_ts: float, on_epoch,
          start_from: str | None = None) -> TrainResult:
-    queue = pump = None
-    if on_epoch is not None:
-        from ray.util.queue import Queue
-
-        queue = Queue(actor_options={"num_cpus": 0})
-        pump = _progress_pump(queue, on_epoch)
-    trainer = make_trainer(spec, prepared, worker_data(spec, prepared), man, rdir, launch_ts, progress=queue,
+    progress = Progress() if on_epoch is not None else None
+    end_progress = progress.follow(on_epoch) if progress is not None else None
+    trainer = make_trainer(spec, prepared, worker_data(spec, prepared), man, rdir, launch_ts, progress=progress,
                            start_from=start_from)
     early = None if rdir.remote else EarlyFinish(lambda c: finish_run(spec, prepared, man, rdir, c, start_from), rdir)
     sigint = signal.getsignal(signal.SIGINT)
@@ -319,12 +296,8 @@ def _fit(spec, prepared: Prepared | Streamed, man: dict, rdir: RunDir, launch_ts
             # Not when fit() raised: the CLI tells Ray Train's abort (SystemExit) by that handler.
             signal.signal(signal.SIGINT, sigint)
     finally:
-        if pump is not None:  # rank 0's puts are synchronous: every epoch is queued before fit() returns
-            try:
-                queue.put(None)
-            except Exception:  # the queue actor is gone: the pump has stopped too
-                pass
-            pump.join(timeout=5)
+        if end_progress is not None:
+            end_progress()
         if early is not None:
             early.stop()
     written = early.finished_from(result.checkpoint) if early is not None else None

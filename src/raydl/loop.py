@@ -71,7 +71,7 @@ class WorkerConfig:
     scored: tuple[str, ...] = ("val", "test")  # the splits scored at the end ("test" when it has rows)
     splits: Any = None  # in_memory: an ObjectRef of {"train"|"val"|"test": arrays}
     blocks: dict | None = None  # ray_data: the materialized splits, {split: sharding.Blocks}
-    progress: Any = None  # a ray.util.queue.Queue for the driver's progress line, or None
+    progress: Any = None  # `raydl.progress.Progress`: rank 0 hands each epoch's metrics to the driver; or None
     report_every_epoch: bool = False  # report metrics to Ray Train every epoch (Ray Tune trials)
     start_from: str | None = None  # a checkpoint directory to start from when the run has none of its own
 
@@ -396,7 +396,7 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             tracker.log(metrics, step=epoch + 1)
             if cfg.progress is not None:
-                cfg.progress.put_nowait(metrics)
+                cfg.progress.put(metrics)
         # `ray.train.report` is a barrier through the controller: call it only when a checkpoint is
         # due (every K epochs, the end), or every epoch when asked (Ray Tune's schedulers decide on
         # every epoch's metrics). Both are the same on every rank, so every rank reports the same
