@@ -1,7 +1,7 @@
 """How a run ends (`raydl.session`, `raydl.record`, `raydl.trainer`): an embedded Ray's processes stop; a
 run's model is written once its last checkpoint is recorded, while Ray Train still ends; a Ray without
 the state API gets no placement-group cleaner; a run without Ray Data datasets no dataset manager and no
-request to Ray Data's autoscaling coordinator."""
+request to Ray Data's autoscaling coordinator; Ray Train's controller does not import torch."""
 
 from __future__ import annotations
 
@@ -66,6 +66,18 @@ class HoldShutdown(ControllerCallback):
             await asyncio.sleep(0.05)
 
 
+class TorchInController(ControllerCallback):
+    """Once the run is over (its worker group set up and shut down), writes to `out` whether the
+    controller's process has imported torch."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def after_controller_finish(self, result) -> None:
+        with open(self.out, "w") as f:
+            f.write(json.dumps("torch" in sys.modules))
+
+
 class AskCoordinator(ControllerCallback):
     """Once the controller has started (after Ray Train's scaling policy, the first of its callbacks),
     writes to `out` what Ray Data's autoscaling coordinator holds for this run, or that there is none."""
@@ -99,7 +111,8 @@ def test_a_runs_model_is_written_once_its_last_checkpoint_is_recorded_while_ray_
     rdir.prepare(True)
     man, release, held = manifest(spec, prepared.fingerprint), tmp_path / "release", tmp_path / "held"
     trainer = launch.make_trainer(spec, prepared, launch.worker_data(spec, prepared), man, rdir, time.time(),
-                                  callbacks=(HoldShutdown(str(release)), AskCoordinator(str(held))))
+                                  callbacks=(HoldShutdown(str(release)), AskCoordinator(str(held)),
+                                             TorchInController(str(tmp_path / "torch"))))
     early = EarlyFinish(lambda c: launch.finish_run(spec, prepared, man, rdir, c), rdir)
     out: dict = {}
     fit = threading.Thread(target=lambda: out.update(result=trainer.fit()))
@@ -124,4 +137,6 @@ def test_a_runs_model_is_written_once_its_last_checkpoint_is_recorded_while_ray_
     assert len(actors_of("DatasetManager")) == managers
     # Nor did the run ask Ray Data's autoscaling coordinator for its workers' resources.
     assert held.read_text() in ("no coordinator", "{}")
+    # What the controller unpickled is free of torch, so its process never imported it (`raydl.controller`).
+    assert json.loads((tmp_path / "torch").read_text()) is False
 

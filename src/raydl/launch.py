@@ -250,9 +250,11 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
                  launch_ts: float, progress: Any = None, report_every_epoch: bool = False, callbacks: tuple = (),
                  start_from: str | None = None, worker_env: dict[str, str] | None = None):
     """The Ray Train `TorchTrainer` of a run: its workers, storage, failure and checkpoint policy."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     from raydl import warm
+    from raydl.controller import DDPConfig
     from raydl.loop import WorkerConfig, train_loop_per_worker
     from raydl.sharding import ingest_config
     from raydl.trainer import trainer_class
@@ -265,7 +267,8 @@ def make_trainer(spec: JobSpec, prepared: Prepared | Streamed, data: WorkerData,
     storage_path, storage_filesystem = rdir.ray_storage()
     return trainer_class()(
         train_loop_per_worker,
-        train_loop_config={"worker": config},
+        train_loop_config={"worker": ray.put(config)},  # read by the workers only (`raydl.controller`)
+        torch_config=DDPConfig("nccl" if sc.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=spec.run.name, storage_path=storage_path, storage_filesystem=storage_filesystem,

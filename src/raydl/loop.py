@@ -242,7 +242,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     from ray.train import Checkpoint
 
-    cfg: WorkerConfig = config["worker"]
+    cfg: WorkerConfig = ray.get(config["worker"])  # in the object store: `raydl.controller`
     spec, prep = cfg.spec, cfg.prep
     t, ck = spec.training, spec.checkpoint
     ctx = ray.train.get_context()

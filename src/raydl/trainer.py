@@ -24,6 +24,9 @@ MLP's first step 11.45 -> 10.77 s, medians of 6 alternating runs, `bench/RESULTS
 coordinator shares a cluster between Ray Data executions and Ray Train runs and passes their requests
 on to Ray's autoscaler; a run without Ray Data still has its placement group, which an autoscaler
 sees, so only the early request is lost. Runs with datasets register as before.
+
+What the controller unpickles (its backend config, this policy, the loop's config) is kept free of
+torch: `raydl.controller`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+
+from raydl.controller import FixedScalingWithoutCoordinator
 
 
 class Trainer(TorchTrainer):
@@ -51,17 +56,6 @@ class Trainer(TorchTrainer):
 
 class TrainerWithoutCleaner(Trainer):
     cleaner = False
-
-
-class FixedScalingWithoutCoordinator(FixedScalingPolicy):
-    """Ray Train's fixed scaling policy, less its resource requests to Ray Data's autoscaling
-    coordinator (it makes none, so it has none to cancel)."""
-
-    def after_controller_start(self, train_run_context) -> None:
-        pass
-
-    def _maybe_send_resource_request(self) -> None:
-        pass
 
 
 def state_api_answers() -> bool:
