@@ -140,3 +140,20 @@ def test_a_runs_model_is_written_once_its_last_checkpoint_is_recorded_while_ray_
     # What the controller unpickled is free of torch, so its process never imported it (`raydl.controller`).
     assert json.loads((tmp_path / "torch").read_text()) is False
 
+
+
+def test_ray_trains_controller_is_given_gloo_for_cpu_workers_and_nccl_for_gpu_workers(ray_local, tmp_path):
+    """raydl's backend config (`raydl.controller.DDPConfig`) in place of Ray Train's `TorchConfig`, which
+    picks the same: NCCL when the workers have GPUs. No GPU here: the trainer is only made, not fitted."""
+    from raydl import launch
+    from raydl.controller import DDPBackend, DDPConfig
+    from raydl.model_dir import manifest
+    from raydl.spec import load_spec
+
+    for gpu, backend in ((False, "gloo"), (True, "nccl")):
+        spec = load_spec(XOR, [f"run.storage_path={tmp_path / 'runs'}", "tracking=none", f"scaling.use_gpu={str(gpu).lower()}"])
+        prepared = launch.resolve(spec)
+        trainer = launch.make_trainer(spec, prepared, launch.worker_data(spec, prepared), manifest(spec, prepared.fingerprint),
+                                      launch.run_dir(spec), time.time())
+        assert isinstance(trainer.backend_config, DDPConfig) and trainer.backend_config.backend == backend
+        assert trainer.backend_config.backend_cls is DDPBackend and DDPBackend.share_cuda_visible_devices
