@@ -96,7 +96,8 @@ class InMemoryShards:
 
 @dataclass(frozen=True)
 class Blocks:
-    """A materialized Ray Data split as its blocks in the object store: their refs and row counts.
+    """A split as its blocks in the object store (a materialized Ray Data split, or arrays prepared in the
+    driver and put there as Arrow blocks): their refs and row counts.
 
     Read this way, an epoch is a few `ray.get`s (zero-copy on the block's node) instead of a Ray Data
     execution per epoch per split behind `streaming_split`'s coordinator, whose start each epoch
