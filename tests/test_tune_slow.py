@@ -162,6 +162,21 @@ def test_one_trial_larger_than_the_cluster(tmp_path, ray_local):
     assert not (tmp_path / "runs" / "big" / "tune").exists()
 
 
+def recorded_finished(exp: Path) -> set[str]:
+    """The ids of the trials that Tune's saved experiment state records as finished."""
+    out = set()
+    for f in exp.glob("experiment_state-*.json"):
+        try:
+            trials = json.loads(f.read_text())["trial_data"]
+        except (OSError, ValueError, KeyError):  # not written yet
+            continue
+        for state, _ in trials:
+            state = json.loads(state) if isinstance(state, str) else state
+            if state.get("status") == "TERMINATED":
+                out.add(state["trial_id"])
+    return out
+
+
 @pytest.mark.bar
 def test_resume_after_the_driver_is_killed(tmp_path):
     p = write_spec(tmp_path, "resume", {"space": {"optimizer.lr": {"grid": [GOOD, 0.003, 0.001]}},
@@ -172,10 +187,10 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 240
     try:
-        # kill the driver once the first trial has finished and the second has started
-        while time.time() < deadline and len(list(exp.glob("run_trial_*/attempt-0/*/result.json"))) < 1:
-            time.sleep(0.5)
-        time.sleep(4)  # the experiment state is saved every 2 s
+        # kill the driver once Tune's saved experiment state records a finished trial (it is saved every
+        # 2 s: a trial that has written its model may not be recorded yet, and is then resumed)
+        while time.time() < deadline and not (recorded := recorded_finished(exp)):
+            time.sleep(0.25)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -183,7 +198,8 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    finished = {r.parent.parent.parent.name: r.stat().st_mtime for r in exp.glob("run_trial_*/attempt-0/*/result.json")}
+    finished = {r.parent.parent.parent.name: r.stat().st_mtime for r in exp.glob("run_trial_*/attempt-0/*/result.json")
+                if any(trial_id in r.parent.parent.parent.name for trial_id in recorded)}
     assert len(finished) >= 1 and not (tmp_path / "runs" / "resume" / "trials.parquet").exists()
 
     done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, timeout=300)
