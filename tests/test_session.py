@@ -141,7 +141,6 @@ def test_a_runs_model_is_written_once_its_last_checkpoint_is_recorded_while_ray_
     assert json.loads((tmp_path / "torch").read_text()) is False
 
 
-
 def test_ray_trains_controller_is_given_gloo_for_cpu_workers_and_nccl_for_gpu_workers(ray_local, tmp_path):
     """raydl's backend config (`raydl.controller.DDPConfig`) in place of Ray Train's `TorchConfig`, which
     picks the same: NCCL when the workers have GPUs. No GPU here: the trainer is only made, not fitted."""

@@ -185,7 +185,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
     cmd = [sys.executable, "-m", "raydl.cli", "tune", str(p), "--json"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 240
+    deadline, recorded = time.time() + 240, set()
     try:
         # kill the driver once Tune's saved experiment state records a finished trial (it is saved every
         # 2 s: a trial that has written its model may not be recorded yet, and is then resumed)

@@ -14,7 +14,7 @@ their process group. So raydl gives it:
 - the loop's config as an object in the object store (`launch.make_trainer`), which only the
   workers read;
 - its scaling policy from this module.
-`tests/test_ddp.py` checks that the controller's process has not imported torch.
+`tests/test_session.py` checks that the controller's process has not imported torch.
 """
 
 from __future__ import annotations

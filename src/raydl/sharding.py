@@ -2,10 +2,10 @@
 
 - `ray_data`: Ray Data datasets. A split that is materialized (computed into the object store:
   a streamed source's cached train and validation splits, or arrays prepared in the driver and put
-  there as Arrow blocks) reaches the
-  workers as its blocks (`Blocks`): each epoch every rank orders the blocks by a permutation seeded
-  by (seed, epoch), takes its own equal run of rows from them, and mixes its rows in windows of
-  `SHUFFLE_BUFFER_ROWS` seeded by (seed, epoch, rank); no Ray Data execution runs per epoch. A split
+  there as Arrow blocks) reaches the workers as its blocks (`Blocks`): each epoch every rank orders
+  the blocks by a permutation seeded by (seed, epoch), takes its own equal run of rows from them, and
+  mixes its rows in windows of `SHUFFLE_BUFFER_ROWS` seeded by (seed, epoch, rank); no Ray Data
+  execution runs per epoch. A split
   that is not materialized (data larger than the object store's cache share) is streamed to the
   workers with `streaming_split` (disjoint, equal row counts per rank each epoch); with shuffling
   on, the files are read in a new seeded order each epoch and each rank shuffles its rows in a
