@@ -94,12 +94,13 @@ def test_both_loaders_split_and_scale_identically(ray_local, tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
-def test_a_streamed_run_caches_train_and_validation_when_they_fit(ray_local, tmp_path, monkeypatch):
-    """Ray's advice for data that fits in the object store: compute it once. The cached splits hold
-    the same rows as the streamed ones, in file order, and are read without the files (moved away
-    below); the train split's reader still changes the order every epoch (its 12 blocks, one per
-    file), and a rebuilt dataset repeats the same orders (seeded). One epoch, or splits over the
-    budget: no cache."""
+def test_a_streamed_run_caches_its_splits_when_they_fit(ray_local, tmp_path, monkeypatch):
+    """Ray's advice for data that fits in the object store: compute it once. Train, validation and
+    test are cached when all fit, train and validation when test does not fit beside them. The cached
+    splits hold the same rows as the streamed ones, in file order, and are read without the files
+    (moved away below); the train split's reader still changes the order every epoch (its 12 blocks,
+    one per file), and a rebuilt dataset repeats the same orders (seeded). One epoch, or train and
+    validation over the budget: no cache."""
     import shutil
 
     from raydl import ingest
@@ -108,10 +109,12 @@ def test_a_streamed_run_caches_train_and_validation_when_they_fit(ray_local, tmp
     spec = _spec(str(tmp_path / "runs"), "x", src, "ray_data", 2, 64)
     spec = spec.model_copy(update={"training": spec.training.model_copy(update={"shuffle": True, "epochs": 3})})
     streamed = resolve(spec).with_stats(spec)
-    assert streamed.cached_splits(spec) == ("train", "val")
+    assert streamed.cached_splits(spec) == ("train", "val", "test")
     one_epoch = spec.model_copy(update={"training": spec.training.model_copy(update={"epochs": 1})})
     assert streamed.cached_splits(one_epoch) == ()
     with monkeypatch.context() as m:
+        m.setattr(ingest, "CACHE_FRACTION", _fraction_for_train_and_val(streamed))
+        assert streamed.cached_splits(spec) == ("train", "val")  # test does not fit beside them
         m.setattr(ingest, "CACHE_FRACTION", 1e-9)
         assert streamed.cached_splits(spec) == ()
 
@@ -249,22 +252,43 @@ def test_a_streamed_run_that_stops_early_is_not_held_by_the_epoch_fetched_ahead(
     assert all(torch.isfinite(v).all() and float(v.sum()) > 0 for v in extras.values())
 
 
-def test_a_streamed_runs_scored_splits_are_opened_in_its_first_epoch(ray_local, tmp_path):
+def test_a_streamed_runs_scored_splits_are_opened_in_its_first_epoch(ray_local, tmp_path, monkeypatch):
     """Ray Train makes a split's coordinator (an actor, a new process) when the workers first ask for
-    the split. Test, scored at the end and not cached, is asked for as the first train rows arrive:
-    by the driver's first epoch report, its coordinator has been made (it used to be made as the run
-    ended, 1.4 s of its end). Train and validation, cached, are read from their blocks: no coordinator."""
+    the split. Test, scored at the end, is cached with train and validation when it fits: then the run
+    makes no coordinator at all. When only train and validation fit, test is asked for as the first
+    train rows arrive: by the driver's first epoch report, its coordinator has been made (it used to be
+    made as the run ended, 1.4 s of its end)."""
+    from raydl import ingest
+
     def coordinators() -> set[str]:
         return set(actors_of("SplitCoordinator"))
 
-    before, seen = coordinators(), []
     s = _spec(str(tmp_path / "runs"), "opened", _write_blobs(tmp_path / "blobs", 600, 4), "ray_data", 2, 32).model_dump()
     s["training"]["epochs"] = 3
-    run = train(JobSpec.model_validate(s), on_epoch=lambda m: seen.append(coordinators() - before))
+    spec = JobSpec.model_validate(s)
+    before = coordinators()
+    cached = train(spec)
+    assert cached.metrics["status"] == "finished" and "test_accuracy" in cached.metrics
+    assert coordinators() == before  # every split read from its blocks
+
+    monkeypatch.setattr(ingest, "CACHE_FRACTION", _fraction_for_train_and_val(resolve(spec).with_stats(spec)))
+    seen = []
+    run = train(spec.model_copy(update={"run": spec.run.model_copy(update={"name": "streamed-test"})}),
+                on_epoch=lambda m: seen.append(coordinators() - before))
     made = coordinators() - before
     assert run.metrics["status"] == "finished" and "test_accuracy" in run.metrics
+    assert run.metrics["test_accuracy"] == pytest.approx(cached.metrics["test_accuracy"], abs=1e-4)
     assert len(made) == 1  # test's
     assert seen[0] == made
+
+
+def _fraction_for_train_and_val(streamed) -> float:
+    """A `CACHE_FRACTION` under which train and validation fit in the object store and test does not."""
+    import ray
+
+    st = streamed.stats
+    assert st.n_test > 1
+    return (st.n_train + st.n_val + st.n_test / 2) * (len(st.features) * 4 + 8) / ray.cluster_resources()["object_store_memory"]
 
 
 def test_prepared_splits_become_blocks_without_a_ray_task(ray_local):

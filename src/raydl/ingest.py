@@ -28,8 +28,8 @@ from raydl.source import Source, SourceStats, open_source
 from raydl.source_batches import PROFILE
 from raydl.spec import DataSpec, JobSpec
 
-# A streamed run keeps its train and validation splits in the object store when they take at most
-# this share of it (`Streamed.cached_splits`); the rest is left to Ray Data's streaming and spilling.
+# A streamed run keeps its splits in the object store when they take at most this share of it
+# (`Streamed.cached_splits`); the rest is left to Ray Data's streaming and spilling.
 CACHE_FRACTION = 0.25
 
 
@@ -125,16 +125,22 @@ class Streamed:
         return {k: v for k, v in parts.items() if k != "test" or self.stats.n_test}
 
     def cached_splits(self, spec: JobSpec) -> tuple[str, ...]:
-        """("train", "val") when the run has more than one epoch (each epoch reads both) and their
-        model-ready rows (float32 features, an 8-byte target) take at most `CACHE_FRACTION` of the
-        cluster's object store; else none. Test is scored once, at the end."""
+        """The splits kept in the object store: none for one epoch; else train and validation (each
+        epoch reads both) when their model-ready rows (float32 features, an 8-byte target) take at
+        most `CACHE_FRACTION` of the cluster's object store, and test with them when it fits too.
+        Test is read only once, at the end, but streaming it needs Ray Train's dataset manager and a
+        split coordinator, two more processes, made at a barrier before the first step
+        (`RayDataShards`), and a Ray Data execution at the end. Cached, the compute MLP's first step
+        took 13.4 s against 14.9 s and its end of run 2.9 s against 5.3 s (bench/RESULTS.md, 2026-12-06)."""
         import ray
 
         if spec.training.epochs < 2:
             return ()
         st = self.stats
-        need = (st.n_train + st.n_val) * (len(st.features) * 4 + 8)
-        return ("train", "val") if need <= CACHE_FRACTION * ray.cluster_resources().get("object_store_memory", 0) else ()
+        row, budget = len(st.features) * 4 + 8, CACHE_FRACTION * ray.cluster_resources().get("object_store_memory", 0)
+        if (st.n_train + st.n_val) * row > budget:
+            return ()
+        return ("train", "val", "test") if st.n_test and (st.n_train + st.n_val + st.n_test) * row <= budget else ("train", "val")
 
     def sample_inputs(self, spec: JobSpec, rows: int = 256) -> dict[str, np.ndarray]:
         """Up to `rows` model-ready train inputs (no target), e.g. to time inference: the first rows

@@ -224,9 +224,9 @@ class WorkerData:
 
 
 def worker_data(spec: JobSpec, prepared: Prepared | Streamed, cache: bool = True) -> WorkerData:
-    """`cache`: a streamed source's train and validation splits may be computed once into the
-    object store (`Streamed.datasets`); Tune's trials, which run side by side, each stream theirs.
-    Materialized splits reach the workers as their blocks; the others through Ray Train's `streaming_split`."""
+    """`cache`: a streamed source's splits may be computed once into the object store
+    (`Streamed.datasets`); Tune's trials, which run side by side, each stream theirs. Materialized
+    splits reach the workers as their blocks; the others through Ray Train's `streaming_split`."""
     import ray
 
     if isinstance(prepared, Streamed):

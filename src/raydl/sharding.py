@@ -1,12 +1,11 @@
 """How batches reach each worker: two interchangeable paths, chosen by the size of the data.
 
 - `ray_data`: Ray Data datasets. A split that is materialized (computed into the object store:
-  a streamed source's cached train and validation splits, or arrays prepared in the driver and put
-  there as Arrow blocks) reaches the workers as its blocks (`Blocks`): each epoch every rank orders
-  the blocks by a permutation seeded by (seed, epoch), takes its own equal run of rows from them, and
-  mixes its rows in windows of `SHUFFLE_BUFFER_ROWS` seeded by (seed, epoch, rank); no Ray Data
-  execution runs per epoch. A split
-  that is not materialized (data larger than the object store's cache share) is streamed to the
+  a streamed source's cached splits, or arrays prepared in the driver and put there as Arrow blocks)
+  reaches the workers as its blocks (`Blocks`): each epoch every rank orders the blocks by a
+  permutation seeded by (seed, epoch), takes its own equal run of rows from them, and mixes its rows
+  in windows of `SHUFFLE_BUFFER_ROWS` seeded by (seed, epoch, rank); no Ray Data execution runs per
+  epoch. A split that is not materialized (data larger than the object store's cache share) is streamed to the
   workers with `streaming_split` (disjoint, equal row counts per rank each epoch); with shuffling
   on, the files are read in a new seeded order each epoch and each rank shuffles its rows in a
   buffer of `SHUFFLE_BUFFER_ROWS` seeded by (seed, epoch, rank); data larger than memory streams through.
@@ -203,7 +202,8 @@ class RayDataShards:
     saved: 3,250-3,300 samples/s against 3,600-4,000, the fetch's threads taking the training's CPU.)
 
     Ray Train makes a split's coordinator (an actor, a new process) when the workers first ask for
-    that split. `scored` (the splits scored at the end, test among them) are asked for as the first
+    that split. Those of `scored` (the splits scored at the end) that are not cached (test, when it
+    does not fit beside train and validation: `Streamed.cached_splits`) are asked for as the first
     train rows arrive, so that their coordinators start during the first epoch, not when the run
     ends: test's took 1.4 s of a digits CNN's end of run on Ray Data (bench/RESULTS.md, 2026-12-06)."""
 
