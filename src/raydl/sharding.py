@@ -5,10 +5,11 @@
   reaches the workers as its blocks (`Blocks`): each epoch every rank orders the blocks by a
   permutation seeded by (seed, epoch), takes its own equal run of rows from them, and mixes its rows
   in windows of `SHUFFLE_BUFFER_ROWS` seeded by (seed, epoch, rank); no Ray Data execution runs per
-  epoch. A split that is not materialized (data larger than the object store's cache share) is streamed to the
-  workers with `streaming_split` (disjoint, equal row counts per rank each epoch); with shuffling
-  on, the files are read in a new seeded order each epoch and each rank shuffles its rows in a
-  buffer of `SHUFFLE_BUFFER_ROWS` seeded by (seed, epoch, rank); data larger than memory streams through.
+  epoch. A split that is not materialized (data larger than the object store's cache share) is
+  streamed to the workers with `streaming_split` (disjoint, equal row counts per rank each epoch);
+  with shuffling on, the files are read in a new seeded order each epoch and each rank shuffles its
+  rows in a buffer of `SHUFFLE_BUFFER_ROWS` seeded by (seed, epoch, rank); data larger than memory
+  streams through.
 - `in_memory`: the arrays are put in the object store once (zero-copy on a node). Each epoch a
   permutation seeded by (seed, epoch) orders all train rows and rank r takes every world-th row,
   as torch's DistributedSampler does. Global batch t is then the same rows for any worker count,
