@@ -288,7 +288,7 @@ def _fraction_for_train_and_val(streamed) -> float:
 
     st = streamed.stats
     assert st.n_test > 1
-    return (st.n_train + st.n_val + st.n_test / 2) * (len(st.features) * 4 + 8) / ray.cluster_resources()["object_store_memory"]
+    return (st.n_train + st.n_val + st.n_test / 2) * streamed.row_bytes / ray.cluster_resources()["object_store_memory"]
 
 
 def test_prepared_splits_become_blocks_without_a_ray_task(ray_local):

@@ -136,11 +136,17 @@ class Streamed:
 
         if spec.training.epochs < 2:
             return ()
-        st = self.stats
-        row, budget = len(st.features) * 4 + 8, CACHE_FRACTION * ray.cluster_resources().get("object_store_memory", 0)
-        if (st.n_train + st.n_val) * row > budget:
+        st, budget = self.stats, CACHE_FRACTION * ray.cluster_resources().get("object_store_memory", 0)
+        if (st.n_train + st.n_val) * self.row_bytes > budget:
             return ()
-        return ("train", "val", "test") if st.n_test and (st.n_train + st.n_val + st.n_test) * row <= budget else ("train", "val")
+        if st.n_test and (st.n_train + st.n_val + st.n_test) * self.row_bytes <= budget:
+            return ("train", "val", "test")
+        return ("train", "val")
+
+    @property
+    def row_bytes(self) -> int:
+        """A model-ready row's size in the object store: float32 features and an 8-byte target."""
+        return len(self.stats.features) * 4 + 8
 
     def sample_inputs(self, spec: JobSpec, rows: int = 256) -> dict[str, np.ndarray]:
         """Up to `rows` model-ready train inputs (no target), e.g. to time inference: the first rows
