@@ -10,7 +10,11 @@ split's tensors per batch):
                40 epochs a side: an epoch trains in 0.25-0.3 s and single epochs move +-10 %, so 8 epochs
                (2 s of steady state) measured the run's first seconds more than its steady rate
 
-raydl runs each case on each `--loaders` data path (in_memory, ray_data) and `--where`: embedded Ray
+raydl runs each case on each `--loaders` data path and `--where`. The paths: in_memory, ray_data (a
+Parquet source's splits cached in the object store when they fit, as by default; the digits cases put
+their prepared arrays there as blocks) and ray_data_uncached (a Parquet source with `data.cache: false`:
+every epoch a Ray Data execution per split behind `streaming_split`, the path of data too big to cache;
+compute_mlp only). Where: embedded Ray
 (`ray.init` inside `raydl train`) or warm (a `raydl cluster up` head, started and stopped here, with
 its own RAYDL_HOME). The sides alternate run by run (`--runs` each). Every run is a fresh process tree,
 the launch timestamp taken just before `Popen` (`RAYDL_LAUNCH_TS` / `BENCH_LAUNCH_TS`); the 1-minute
@@ -109,7 +113,8 @@ def _run(cmd: list[str], env: dict, ts_var: str, timeout: float) -> dict:
 def raydl_cmd(case: Case, name: str, loader: str, epochs: int | None = None) -> list[str]:
     exe = shutil.which("raydl") or str(Path(sys.executable).with_name("raydl"))
     # overrides right after the spec: argparse will not take positionals after the flags
-    return [exe, "train", str(case.spec), *case.overrides, f"run.name={name}", f"data.loader={loader}",
+    data = ["data.loader=ray_data", "data.cache=false"] if loader == "ray_data_uncached" else [f"data.loader={loader}"]
+    return [exe, "train", str(case.spec), *case.overrides, f"run.name={name}", *data,
             f"training.epochs={epochs or case.epochs}", "--restart", "--json"]
 
 
@@ -391,7 +396,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    ap.add_argument("--loaders", nargs="+", default=["in_memory", "ray_data"], choices=["in_memory", "ray_data"])
+    ap.add_argument("--loaders", nargs="+", default=["in_memory", "ray_data"], choices=["in_memory", "ray_data", "ray_data_uncached"])
     ap.add_argument("--where", nargs="+", default=["embedded", "warm"], choices=["embedded", "warm"])
     ap.add_argument("--short-runs", type=int, default=8, help="back-to-back short runs on the warm head (0: none)")
     ap.add_argument("--timeout", type=float, default=1800, help="per command, seconds")
@@ -400,6 +405,8 @@ def main() -> None:
     ap.add_argument("--from-raw", nargs="+", help="skip the runs: re-render from --raw files (merged)")
     ap.add_argument("--notes-file", help="markdown appended to the section (analysis)")
     args = ap.parse_args()
+    if "ray_data_uncached" in args.loaders and set(args.cases) - {"compute_mlp"}:
+        ap.error("--loaders ray_data_uncached: only the compute_mlp case reads Parquet files (give --cases compute_mlp)")
 
     argv = [a for a in sys.argv[1:] if a != "--no-write"]  # the command to reproduce
     for opt in ("--raw", "--notes-file"):  # bookkeeping options and their value

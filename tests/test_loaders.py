@@ -99,8 +99,8 @@ def test_a_streamed_run_caches_its_splits_when_they_fit(ray_local, tmp_path, mon
     test are cached when all fit, train and validation when test does not fit beside them. The cached
     splits hold the same rows as the streamed ones, in file order, and are read without the files
     (moved away below); the train split's reader still changes the order every epoch (its 12 blocks,
-    one per file), and a rebuilt dataset repeats the same orders (seeded). One epoch, or train and
-    validation over the budget: no cache."""
+    one per file), and a rebuilt dataset repeats the same orders (seeded). One epoch, `data.cache: false`,
+    or train and validation over the budget: no cache."""
     import shutil
 
     from raydl import ingest
@@ -112,6 +112,8 @@ def test_a_streamed_run_caches_its_splits_when_they_fit(ray_local, tmp_path, mon
     assert streamed.cached_splits(spec) == ("train", "val", "test")
     one_epoch = spec.model_copy(update={"training": spec.training.model_copy(update={"epochs": 1})})
     assert streamed.cached_splits(one_epoch) == ()
+    off = spec.model_copy(update={"data": spec.data.model_copy(update={"cache": False})})
+    assert streamed.cached_splits(off) == ()
     with monkeypatch.context() as m:
         m.setattr(ingest, "CACHE_FRACTION", _fraction_for_train_and_val(streamed))
         assert streamed.cached_splits(spec) == ("train", "val")  # test does not fit beside them

@@ -125,16 +125,17 @@ class Streamed:
         return {k: v for k, v in parts.items() if k != "test" or self.stats.n_test}
 
     def cached_splits(self, spec: JobSpec) -> tuple[str, ...]:
-        """The splits kept in the object store: none for one epoch; else train and validation (each
-        epoch reads both) when their model-ready rows (float32 features, an 8-byte target) take at
-        most `CACHE_FRACTION` of the cluster's object store, and test with them when it fits too.
+        """The splits kept in the object store: none for one epoch or with `data.cache: false`; else
+        train and validation (each epoch reads both) when their model-ready rows (float32 features, an
+        8-byte target) take at most `CACHE_FRACTION` of the cluster's object store, and test with
+        them when it fits too.
         Test is read only once, at the end, but streaming it needs Ray Train's dataset manager and a
         split coordinator, two more processes, made at a barrier before the first step
         (`RayDataShards`), and a Ray Data execution at the end. Cached, the compute MLP's first step
         took 13.4 s against 14.9 s and its end of run 2.9 s against 5.3 s (bench/RESULTS.md, 2026-12-06)."""
         import ray
 
-        if spec.training.epochs < 2:
+        if spec.training.epochs < 2 or not spec.data.cache:
             return ()
         st, budget = self.stats, CACHE_FRACTION * ray.cluster_resources().get("object_store_memory", 0)
         if (st.n_train + st.n_val) * self.row_bytes > budget:

@@ -80,6 +80,8 @@ class DataSpec(Section):
     seed: int = Field(0, ge=0)
     standardize: Literal["feature", "global", "none"] = "feature"
     loader: Literal["auto", "in_memory", "ray_data"] = "auto"
+    cache: bool = Field(True, description="a streamed source's splits are read once into the object store when they fit in "
+                                          "a quarter of it; false: every epoch streams them from the files")
     id_column: str | None = Field(None, min_length=1, description="a stable row id the split is hashed from (default: each row's content)")
     classes: list[int | str | bool] | None = Field(None, min_length=2, description="the class labels, fixed (class-incremental data)")
     n_samples: int | None = Field(None, ge=1, le=MAX_SYNTHETIC_ROWS, description="rows for synthetic datasets")
